@@ -1,0 +1,51 @@
+# make run | make test | make curl-test | make client-test | make bench | make snowman.png
+PORT ?= 8010
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
+
+.PHONY: run test curl-test client-test bench photos install install-test clean
+
+# The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	PORT=$(PORT) $(PY) server.py
+
+test: install-test
+	$(PY) -m pytest -q
+
+photos: install-test
+	$(PY) -m tests.photos
+
+# snowman.png is tracked by snowman.png.dvc (an import of the seed's public image URL).
+snowman.png:
+	@test -x $(VENV)/bin/dvc || $(PIP) install -e ".[dvc]"
+	@$(VENV)/bin/dvc update snowman.png.dvc || { \
+	  echo "make snowman.png: could not download $(SNOWMAN_URL) (no network route to it?)."; \
+	  echo "Any image works for curl-test and client-test: IMAGE=path/to/photo.jpg make curl-test"; exit 1; }
+
+IMAGE ?= snowman.png
+
+curl-test: $(IMAGE)
+	curl -sS -X POST -F "content=@$(IMAGE)" http://127.0.0.1:$(PORT)/stats | jq .
+
+client-test: install $(IMAGE)
+	$(PY) client.py --url http://127.0.0.1:$(PORT) stats $(IMAGE) | jq .
+
+bench: install-test
+	$(PY) -m bench.stats
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,67 @@
+"""What every capability's LitAPI shares: API-key check, per-item errors in a batch, the 4xx answer.
+
+In a batch, one bad request must not fail its neighbours (LitServe issue #340): an exception raised in
+decode_request or encode_response fails the whole batch. So decode_request returns an InputError as
+a value, predict passes it through untouched, and encode_response turns it into a JSON 4xx response.
+"""
+
+import hmac
+import logging
+
+import litserve as ls
+from fastapi import Header, HTTPException
+from fastapi.responses import JSONResponse
+
+from errors import InputError
+
+log = logging.getLogger("imageserver")
+
+
+class ServerFault(Exception):
+    """An unexpected failure on one item; answered 500 for that item alone, logged with its traceback."""
+
+
+def error_response(error: InputError | ServerFault) -> JSONResponse:
+    if isinstance(error, InputError):
+        return JSONResponse({"detail": error.detail}, status_code=error.status)
+    return JSONResponse({"detail": "internal error while processing this image"}, status_code=500)
+
+
+class ImageAPI(ls.LitAPI):
+    """Base LitAPI: `settings` travels with the instance into the worker processes."""
+
+    def __init__(self, settings, *, api_path: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
+        # LitServe's batched loop busy-waits when batch_timeout is 0; a small wait keeps idle workers idle
+        if max_batch_size > 1:
+            batch_timeout = max(batch_timeout, 0.001)
+        super().__init__(api_path=api_path, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.settings = settings
+
+    def authorize(self, x_api_key: str | None = Header(default=None)) -> None:
+        """FastAPI dependency LitServe puts on this API's route: checks X-API-Key when API_KEY is set."""
+        expected = self.settings.api_key
+        if expected and not hmac.compare_digest((x_api_key or "").encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+
+    def as_batch(self, x) -> list:
+        """predict sees one item when max_batch_size is 1, a list otherwise; models always get a list."""
+        return list(x) if self.max_batch_size > 1 else [x]
+
+    def from_batch(self, outputs: list):
+        return outputs if self.max_batch_size > 1 else outputs[0]
+
+    def run_each(self, items: list, fn) -> list:
+        """fn over the items that are not already errors, isolating an unexpected failure to its item."""
+        out = []
+        for item in items:
+            if isinstance(item, (InputError, ServerFault)):
+                out.append(item)
+                continue
+            try:
+                out.append(fn(item))
+            except InputError as exc:
+                out.append(exc)
+            except Exception as exc:  # one item's bug must not take down the batch or the worker
+                log.exception("%s failed on one item", type(self).__name__)
+                out.append(ServerFault(repr(exc)))
+        return out

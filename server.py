@@ -1,0 +1,64 @@
+"""One LitServe server hosting every capability's LitAPI. Configuration: environment variables (README)."""
+
+import logging
+import shutil
+import sys
+
+import litserve as ls
+
+from apis.body_limit import BodyLimitMiddleware
+from apis.handoff import Handoff
+from apis.stats import StatsAPI
+from settings import Settings, SettingsError, load_settings
+
+
+def resolve_accelerator(choice: str) -> str:
+    """auto -> cuda when a CUDA device is visible, else cpu; cuda without a device is a start-up error."""
+    if choice == "cpu":
+        return "cpu"
+    has_gpu = False
+    if shutil.which("nvidia-smi"):
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    if choice == "cuda" and not has_gpu:
+        raise SettingsError("ACCELERATOR='cuda': no CUDA device is visible; use auto or cpu")
+    return "cuda" if has_gpu else "cpu"
+
+
+def build_server(settings: Settings) -> ls.LitServer:
+    server = ls.LitServer(
+        [StatsAPI(settings)],
+        accelerator=resolve_accelerator(settings.accelerator),
+        workers_per_device=settings.workers_per_device,
+        timeout=settings.request_timeout,
+        middlewares=[(BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes})],
+    )
+    # read by the request-body dependencies in the HTTP processes
+    server.app.state.settings = settings
+    server.app.state.handoff = Handoff()
+    return server
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+        server = build_server(settings)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.num_api_servers,
+            log_level=settings.log_level.lower(),
+            generate_client_file=False,
+        )
+    finally:
+        server.app.state.handoff.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Server configuration, read once from environment variables.
+
+Every variable is listed in `VARIABLES` with its default and what it accepts; the README table is
+written from the same facts. A bad value stops start-up with one line naming the variable.
+"""
+
+import os
+import re
+from dataclasses import dataclass, fields
+
+from images.fetch import FetchPolicy, parse_networks
+
+AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
+ACCELERATORS = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+class SettingsError(ValueError):
+    """A variable holds a value the server cannot run with; the message names it."""
+
+
+def _int(name, raw, low=None, high=None):
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SettingsError(f"{name}={raw!r}: expected an integer {bounds}")
+    return value
+
+
+def _float(name, raw, low=0.0):
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not value >= low:  # also rejects nan
+        raise SettingsError(f"{name}={raw!r}: expected a number >= {low}")
+    return value
+
+
+def _choice(name, raw, choices, upper=False):
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _bytes(name, raw):
+    match = _SIZE.match(raw)
+    if not match:
+        raise SettingsError(f"{name}={raw!r}: expected a byte count such as 25000000, 25MB or 24MiB")
+    unit = (match.group(2) or "").lower().rstrip("b")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r}: expected a byte count >= 1")
+    return value
+
+
+def _formats(name, raw):
+    chosen = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    unknown = [f for f in chosen if f not in IMAGE_FORMATS]
+    if not chosen or unknown:
+        raise SettingsError(f"{name}={raw!r}: expected a comma-separated subset of {', '.join(IMAGE_FORMATS)}")
+    return chosen
+
+
+def _networks(name, raw):
+    try:
+        return parse_networks(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8010
+    host: str = "0.0.0.0"
+    log_level: str = "INFO"
+    num_api_servers: int = 1
+    workers_per_device: int = 1
+    accelerator: str = "auto"
+    request_timeout: float = 30.0
+    api_key: str | None = None
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "imageserver")
+    averaging_method: str = "arithmetic"
+    thumbnail_size: int = 512
+    stats_max_batch_size: int = 1
+    stats_batch_timeout: float = 0.005
+    max_upload_bytes: int = 25 * 1024**2
+    max_image_pixels: int = 64_000_000
+    image_formats: tuple[str, ...] = IMAGE_FORMATS
+    fetch_timeout: float = 10.0
+    fetch_max_bytes: int = 25 * 1024**2
+    fetch_max_redirects: int = 5
+    fetch_allow_networks: tuple = ()
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            timeout=self.fetch_timeout,
+            max_bytes=self.fetch_max_bytes,
+            max_redirects=self.fetch_max_redirects,
+            allow_networks=self.fetch_allow_networks,
+        )
+
+
+# variable -> (field, parser, what it accepts, what it does); parsers take (name, raw text)
+VARIABLES = {
+    "PORT": ("port", lambda n, r: _int(n, r, 1, 65535), "1-65535", "HTTP port"),
+    "HOST": ("host", lambda n, r: r.strip(), "an address", "interface to listen on"),
+    "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, LOG_LEVELS, upper=True), "|".join(LOG_LEVELS), "log level"),
+    "NUM_API_SERVERS": ("num_api_servers", lambda n, r: _int(n, r, 1, 64), "1-64", "HTTP front-end processes"),
+    "WORKERS_PER_DEVICE": ("workers_per_device", lambda n, r: _int(n, r, 1, 64), "1-64", "inference workers per device"),
+    "ACCELERATOR": ("accelerator", lambda n, r: _choice(n, r, ACCELERATORS), "|".join(ACCELERATORS), "where models run"),
+    "REQUEST_TIMEOUT": ("request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest wait in a queue (504)"),
+    "API_KEY": ("api_key", lambda n, r: r or None, "any string", "if set, every request needs X-API-Key"),
+    "CACHE_DIR": ("cache_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "derived tables kept between runs"),
+    "AVERAGING_METHOD": (
+        "averaging_method", lambda n, r: _choice(n, r, AVERAGING_METHODS), "|".join(AVERAGING_METHODS),
+        "default average-colour method",
+    ),
+    "THUMBNAIL_SIZE": ("thumbnail_size", lambda n, r: _int(n, r, 16, 8192), "16-8192", "colour is computed at this size"),
+    "STATS_MAX_BATCH_SIZE": ("stats_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/stats batch size"),
+    "STATS_BATCH_TIMEOUT": (
+        "stats_batch_timeout", lambda n, r: _float(n, r, 0.001), "seconds >= 0.001", "/stats wait to fill a batch",
+    ),
+    "MAX_UPLOAD_BYTES": ("max_upload_bytes", _bytes, "bytes (25MB, 24MiB)", "largest request body (413)"),
+    "MAX_IMAGE_PIXELS": ("max_image_pixels", lambda n, r: _int(n, r, 1), "pixels", "largest image, checked before decoding (413)"),
+    "IMAGE_FORMATS": ("image_formats", _formats, ",".join(IMAGE_FORMATS), "formats accepted (415 otherwise)"),
+    "FETCH_TIMEOUT": ("fetch_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "total time for one URL fetch"),
+    "FETCH_MAX_BYTES": ("fetch_max_bytes", _bytes, "bytes", "largest image fetched from a URL (413)"),
+    "FETCH_MAX_REDIRECTS": ("fetch_max_redirects", lambda n, r: _int(n, r, 0, 20), "0-20", "redirects followed"),
+    "FETCH_ALLOW_NETWORKS": (
+        "fetch_allow_networks", _networks, "CIDRs, comma-separated", "private networks URLs may reach",
+    ),
+}
+
+
+def load_settings(environ=None) -> Settings:
+    """Build Settings from `environ` (default os.environ); raise SettingsError naming the first bad variable."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, (field, parse, _, _) in VARIABLES.items():
+        raw = environ.get(name)
+        if raw is not None and (raw.strip() or name == "API_KEY"):
+            values[field] = parse(name, raw)
+    return Settings(**values)
+
+
+assert {f for f, *_ in VARIABLES.values()} == {f.name for f in fields(Settings)}, "every setting needs a variable"
