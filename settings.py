@@ -74,7 +74,7 @@ def _networks(name, raw):
     try:
         return parse_networks(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        raise SettingsError(f"{name}={raw!r}: expected CIDRs, comma-separated ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ VARIABLES = {
     "THUMBNAIL_SIZE": ("thumbnail_size", lambda n, r: _int(n, r, 16, 8192), "16-8192", "colour is computed at this size"),
     "STATS_MAX_BATCH_SIZE": ("stats_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/stats batch size"),
     "STATS_BATCH_TIMEOUT": (
-        "stats_batch_timeout", lambda n, r: _float(n, r, 0.001), "seconds >= 0.001", "/stats wait to fill a batch",
+        "stats_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "/stats wait to fill a batch",
     ),
     "MAX_UPLOAD_BYTES": ("max_upload_bytes", _bytes, "bytes (25MB, 24MiB)", "largest request body (413)"),
     "MAX_IMAGE_PIXELS": ("max_image_pixels", lambda n, r: _int(n, r, 1), "pixels", "largest image, checked before decoding (413)"),

@@ -12,6 +12,7 @@ import litserve as ls
 from fastapi import Header, HTTPException
 from fastapi.responses import JSONResponse
 
+from apis.batch_loop import IdleBatchedLoop
 from errors import InputError
 
 log = logging.getLogger("imageserver")
@@ -31,10 +32,9 @@ class ImageAPI(ls.LitAPI):
     """Base LitAPI: `settings` travels with the instance into the worker processes."""
 
     def __init__(self, settings, *, api_path: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
-        # LitServe's batched loop busy-waits when batch_timeout is 0; a small wait keeps idle workers idle
-        if max_batch_size > 1:
-            batch_timeout = max(batch_timeout, 0.001)
-        super().__init__(api_path=api_path, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        # LitServe's own batched loop polls (or spins) while idle; ours blocks until work arrives
+        loop = IdleBatchedLoop() if max_batch_size > 1 else "auto"
+        super().__init__(api_path=api_path, max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=loop)
         self.settings = settings
 
     def authorize(self, x_api_key: str | None = Header(default=None)) -> None:

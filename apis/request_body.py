@@ -37,7 +37,9 @@ async def read_fields(request: Request, raw_field: str) -> dict:
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
-        form = await request.form(max_files=16, max_fields=64)
+        # a text field may hold a base64 image: allow it the upload limit, not Starlette's 1 MiB
+        limit = request.app.state.settings.max_upload_bytes
+        form = await request.form(max_files=16, max_fields=64, max_part_size=limit)
         fields = {}
         for name, value in form.multi_items():
             if name in fields:

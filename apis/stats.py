@@ -31,7 +31,8 @@ async def read_stats_request(request: Request):
         fields = await read_fields(request, raw_field="content")
         method = fields.get("averaging_method")
         if method is not None and method not in AVERAGING_METHODS:
-            raise InputError(422, f"averaging_method {method!r} is not one of {', '.join(AVERAGING_METHODS)}")
+            shown = repr(method)[:40] if isinstance(method, str) else type(method).__name__
+            raise InputError(422, f"averaging_method {shown} is not one of {', '.join(AVERAGING_METHODS)}")
         data = await image_bytes(fields, "content", settings)
     except InputError as exc:
         raise as_http_error(exc) from None

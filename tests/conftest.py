@@ -1,0 +1,211 @@
+"""Shared fixtures: the real server process (started once per session), a second allow-listed one
+(started only by the modules that ask for it) and a loopback HTTP server that serves real photos."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from settings import VARIABLES
+from tests import photos
+
+ROOT = Path(__file__).resolve().parent.parent
+HEALTH_TIMEOUT = 120.0
+
+# the main server's configuration (tests read the limits from here)
+MAIN_ENV = {
+    "WORKERS_PER_DEVICE": "2",
+    "STATS_MAX_BATCH_SIZE": "4",
+    "STATS_BATCH_TIMEOUT": "0.05",
+    "MAX_UPLOAD_BYTES": "8MB",
+    "MAX_IMAGE_PIXELS": "40000000",
+    "FETCH_ALLOW_NETWORKS": "",
+}
+MAX_UPLOAD_BYTES = 8_000_000
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(**overrides) -> dict:
+    """os.environ without any of our variables (a developer's API_KEY must not leak in), plus overrides."""
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update({k: str(v) for k, v in overrides.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Terminate the whole process group (LitServe spawns workers, a manager and uvicorn)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever is left of the group (children outlive a main process that exited)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            self.process.wait(timeout=10)
+
+
+def start_server(log_dir: Path, name: str, **overrides) -> ServerProcess:
+    """Start `server.py` on a free loopback port and wait until GET /health answers "ok"."""
+    port = free_port()
+    env = server_env(HOST="127.0.0.1", PORT=port, LOG_LEVEL="WARNING", **overrides)
+    log = log_dir / f"{name}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server {name} exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                response = httpx.get(f"{server.url}/health", timeout=2)
+                if response.status_code == 200 and response.text.strip().strip('"') == "ok":
+                    return server
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {name} not healthy after {HEALTH_TIMEOUT} s:\n{server.log_tail()}")
+            time.sleep(0.25)
+    except BaseException:
+        server.stop()
+        raise
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    """CACHE_DIR shared by every server start and the in-process model (the first user builds the table)."""
+    return str(tmp_path_factory.mktemp("imageserver-cache"))
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def server_process(cache_dir, server_logs):
+    """The main server: 2 workers, batches of up to 4, loopback URLs forbidden."""
+    server = start_server(server_logs, "main", CACHE_DIR=cache_dir, **MAIN_ENV)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(server_process) -> str:
+    """Base URL of the main server."""
+    return server_process.url
+
+
+@pytest.fixture(scope="module")
+def allowlisted_server(cache_dir, server_logs, server_process):
+    """A second server that may fetch from 127.0.0.1 and requires X-API-Key; one worker, no batching.
+
+    Depends on the main server so that the main one builds the colour table first.
+    """
+    server = start_server(
+        server_logs, "allowlisted", CACHE_DIR=cache_dir, WORKERS_PER_DEVICE=1,
+        FETCH_ALLOW_NETWORKS="127.0.0.1/32", API_KEY=API_KEY, MAX_UPLOAD_BYTES="8MB",
+    )
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------- the loopback photo server
+
+TEXT_BODY = b"this is a plain text file, not an image\n" * 4
+
+
+class _PhotoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        port = self.server.server_address[1]
+        path = self.path.split("?")[0]
+        if path.startswith("/photo/"):
+            name = path.rsplit("/", 1)[1]
+            try:
+                data = photos.read(name)
+            except KeyError:
+                return self._send(404, b"no such photo")
+            return self._send(200, data, [("Content-Type", "image/jpeg")])
+        if path == "/text":
+            return self._send(200, TEXT_BODY, [("Content-Type", "text/plain")])
+        if path == "/redirect-private":
+            return self._send(302, headers=[("Location", "http://10.0.0.1/x")])
+        if path.startswith("/redirect-loopback/"):  # to the same server, by its loopback address
+            name = path.rsplit("/", 1)[1]
+            return self._send(302, headers=[("Location", f"http://127.0.0.1:{port}/photo/{name}")])
+        if path == "/redirect-other-loopback":  # 127.0.0.2 is loopback but outside 127.0.0.1/32
+            return self._send(302, headers=[("Location", f"http://127.0.0.2:{port}/photo/canon")])
+        return self._send(404, b"not found")
+
+
+@dataclass
+class PhotoServer:
+    url: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def photo_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _PhotoHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    port = httpd.server_address[1]
+    yield PhotoServer(f"http://127.0.0.1:{port}", port)
+    httpd.shutdown()
+    httpd.server_close()

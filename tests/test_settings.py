@@ -1,0 +1,161 @@
+"""settings.py: defaults, every variable's parser, and errors that name the variable."""
+
+import ipaddress
+import os
+
+import pytest
+
+from images.fetch import FetchPolicy
+from settings import IMAGE_FORMATS, VARIABLES, Settings, SettingsError, load_settings
+
+
+def test_defaults():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.port == 8010 and settings.host == "0.0.0.0"
+    assert settings.log_level == "INFO"
+    assert settings.workers_per_device == 1 and settings.num_api_servers == 1
+    assert settings.accelerator == "auto"
+    assert settings.api_key is None
+    assert settings.cache_dir == os.path.join(os.path.expanduser("~"), ".cache", "imageserver")
+    assert settings.averaging_method == "arithmetic"
+    assert settings.thumbnail_size == 512
+    assert settings.stats_max_batch_size == 1
+    assert settings.max_upload_bytes == 25 * 1024**2
+    assert settings.max_image_pixels == 64_000_000
+    assert settings.image_formats == IMAGE_FORMATS
+    assert settings.fetch_allow_networks == ()
+    assert settings.fetch_policy == FetchPolicy()  # the fetcher's defaults and the settings' agree
+
+
+def test_blank_values_mean_the_default():
+    blank = {name: "  " for name in VARIABLES if name != "API_KEY"}
+    assert load_settings(blank) == Settings()
+    assert load_settings({"API_KEY": ""}).api_key is None
+
+
+def test_reads_os_environ_by_default(monkeypatch):
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PORT", "9123")
+    assert load_settings().port == 9123
+
+
+# variable -> (good raw value, the parsed value)
+GOOD = {
+    "PORT": ("65535", 65535),
+    "HOST": (" 127.0.0.1 ", "127.0.0.1"),
+    "LOG_LEVEL": ("debug", "DEBUG"),
+    "NUM_API_SERVERS": ("2", 2),
+    "WORKERS_PER_DEVICE": ("64", 64),
+    "ACCELERATOR": (" CPU ", "cpu"),
+    "REQUEST_TIMEOUT": ("2.5", 2.5),
+    "API_KEY": ("s3cret key", "s3cret key"),
+    "CACHE_DIR": ("~/somewhere", os.path.join(os.path.expanduser("~"), "somewhere")),
+    "AVERAGING_METHOD": ("Harmonic", "harmonic"),
+    "THUMBNAIL_SIZE": ("16", 16),
+    "STATS_MAX_BATCH_SIZE": ("256", 256),
+    "STATS_BATCH_TIMEOUT": ("0.001", 0.001),
+    "MAX_UPLOAD_BYTES": ("25MB", 25_000_000),
+    "MAX_IMAGE_PIXELS": ("1", 1),
+    "IMAGE_FORMATS": ("jpeg, png", ("JPEG", "PNG")),
+    "FETCH_TIMEOUT": ("0.1", 0.1),
+    "FETCH_MAX_BYTES": ("24MiB", 24 * 1024**2),
+    "FETCH_MAX_REDIRECTS": ("0", 0),
+    "FETCH_ALLOW_NETWORKS": (
+        "127.0.0.1/32, 10.0.0.0/8 ::1", tuple(map(ipaddress.ip_network, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"])),
+    ),
+}
+
+
+def test_every_variable_has_a_good_value_here():
+    assert set(GOOD) == set(VARIABLES)
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_every_variable_parses_a_good_value(name):
+    raw, expected = GOOD[name]
+    field = VARIABLES[name][0]
+    settings = load_settings({name: raw})
+    assert getattr(settings, field) == expected
+    assert getattr(settings, field) != getattr(Settings(), field)  # the value really changed something
+    others = {f: getattr(Settings(), f) for f, *_ in VARIABLES.values() if f != field}
+    assert all(getattr(settings, f) == value for f, value in others.items())
+
+
+BAD = {
+    "PORT": ["0", "65536", "70000", "http", "80.5", "-1"],
+    "LOG_LEVEL": ["verbose", "warn"],
+    "NUM_API_SERVERS": ["0", "65", "two"],
+    "WORKERS_PER_DEVICE": ["zero", "0", "65", "1.5"],
+    "ACCELERATOR": ["gpu", "tpu"],
+    "REQUEST_TIMEOUT": ["0", "0.05", "-1", "nan", "soon"],
+    "AVERAGING_METHOD": ["median", "mean"],
+    "THUMBNAIL_SIZE": ["15", "8193", "big"],
+    "STATS_MAX_BATCH_SIZE": ["0", "257", "four"],
+    "STATS_BATCH_TIMEOUT": ["-0.1", "nan", "fast"],
+    "MAX_UPLOAD_BYTES": ["0", "lots", "-5MB", "25XB", "25 M B", "0.1"],
+    "MAX_IMAGE_PIXELS": ["0", "-1", "1e6", "many"],
+    "IMAGE_FORMATS": ["JPEG,SVG", ",", "heic"],
+    "FETCH_TIMEOUT": ["0", "nan", "-3", "ten"],
+    "FETCH_MAX_BYTES": ["0", "huge", "1TB"],
+    "FETCH_MAX_REDIRECTS": ["-1", "21", "many"],
+    "FETCH_ALLOW_NETWORKS": ["10.0.0.0/33", "localhost", "300.1.1.1", "10.0.0.1/8"],
+}
+CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
+
+
+def test_every_checked_variable_has_bad_values_here():
+    free_text = {"HOST", "API_KEY", "CACHE_DIR"}  # any string is accepted
+    assert set(BAD) == set(VARIABLES) - free_text
+
+
+@pytest.mark.parametrize("name, raw", CASES, ids=[f"{n}={r}" for n, r in CASES])
+def test_bad_value_raises_an_error_naming_the_variable(name, raw):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: raw})
+    message = str(caught.value)
+    assert message.startswith(f"{name}={raw!r}: "), message
+    assert "\n" not in message
+
+
+def test_the_first_bad_variable_is_named_even_with_good_ones_around():
+    with pytest.raises(SettingsError, match=r"^THUMBNAIL_SIZE="):
+        load_settings({"PORT": "8080", "THUMBNAIL_SIZE": "1", "LOG_LEVEL": "debug"})
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("1000", 1000),
+        ("1", 1),
+        ("25MB", 25_000_000),
+        ("25mb", 25_000_000),
+        ("25M", 25_000_000),
+        (" 25 MB ", 25_000_000),
+        ("24MiB", 24 * 1024**2),
+        ("24mi", 24 * 1024**2),
+        ("1.5k", 1500),
+        ("1.5KiB", 1536),
+        ("2G", 2_000_000_000),
+        ("1GiB", 1024**3),
+        ("512b", 512),
+        ("512B", 512),
+    ],
+)
+def test_byte_sizes(raw, expected):
+    assert load_settings({"MAX_UPLOAD_BYTES": raw}).max_upload_bytes == expected
+    assert load_settings({"FETCH_MAX_BYTES": raw}).fetch_max_bytes == expected
+
+
+def test_fetch_policy_follows_the_fetch_variables():
+    settings = load_settings({"FETCH_TIMEOUT": "3", "FETCH_MAX_BYTES": "1MB", "FETCH_MAX_REDIRECTS": "2",
+                              "FETCH_ALLOW_NETWORKS": "192.168.0.0/16"})
+    assert settings.fetch_policy == FetchPolicy(
+        timeout=3.0, max_bytes=1_000_000, max_redirects=2, allow_networks=(ipaddress.ip_network("192.168.0.0/16"),)
+    )
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().port = 1
