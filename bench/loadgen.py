@@ -27,7 +27,9 @@ def multipart_request(host: str, port: int, path: str, field_name: str, filename
 @dataclass
 class Result:
     latencies: list = field(default_factory=list)
+    indices: list = field(default_factory=list)  # which of `requests` each latency belongs to
     statuses: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # (status, body) of the first few non-200 answers
     seconds: float = 0.0
 
     def percentile(self, p: float) -> float:
@@ -39,8 +41,10 @@ class Result:
         return len(self.latencies) / self.seconds
 
 
-async def _read_response(reader) -> int:
+async def _read_response(reader) -> tuple[int, bytes]:
     status_line = await reader.readline()
+    if not status_line:  # say so plainly instead of an IndexError below
+        raise ConnectionError("the server closed the connection without answering")
     status = int(status_line.split()[1])
     length = 0
     while True:
@@ -50,8 +54,7 @@ async def _read_response(reader) -> int:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length)
 
 
 async def run(host: str, port: int, requests: list[bytes], concurrency: int, total: int) -> Result:
@@ -65,9 +68,12 @@ async def run(host: str, port: int, requests: list[bytes], concurrency: int, tot
             for i in counter:
                 start = time.perf_counter()
                 writer.write(requests[i % len(requests)])
-                status = await _read_response(reader)
+                status, body = await _read_response(reader)
                 result.latencies.append(time.perf_counter() - start)
+                result.indices.append(i % len(requests))
                 result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status != 200 and len(result.errors) < 5:
+                    result.errors.append((status, body[:300]))
         finally:
             writer.close()
 
