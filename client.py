@@ -3,6 +3,11 @@
     python client.py [PATH|URL]                  # same as `stats`, default snowman.png
     python client.py stats photo.jpg --method geometric
     python client.py --url http://host:8010 --api-key KEY stats https://example.com/a.jpg
+    python client.py analyze photo.jpg --task embed_clip_vit_b_32 --task detect_bounding_box:prominent_face
+    python client.py analyze photo.jpg --tasks tasks.json
+    python client.py embed photo.jpg --model mobilenet_v2 --normalize
+    python client.py caption-folder photos/ --max-length 40
+    python client.py train-classifier --collection-id 7 --positives yes/ --negatives no/
 
 Prints the server's JSON on stdout (pipe it to jq); on any error prints one line on stderr and exits 1.
 The server address comes from --url, else IMAGESERVER_URL, else http://127.0.0.1:$PORT (8010).
@@ -16,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-COMMANDS = ("stats",)
+COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
 
 
 class ClientError(Exception):
@@ -27,10 +33,10 @@ def default_url() -> str:
     return os.environ.get("IMAGESERVER_URL") or f"http://127.0.0.1:{os.environ.get('PORT', '8010')}"
 
 
-def post_image(client: httpx.Client, path: str, field: str, source: str, extra: dict) -> dict:
+def post_image(client: httpx.Client, path: str, field: str, source: str, extra: dict, url_field: str | None = None) -> dict:
     """POST an image given as a local path (multipart upload) or an http(s) URL (the server fetches it)."""
     if source.startswith(("http://", "https://")):
-        response = client.post(path, json={field: source, **extra})
+        response = client.post(path, json={url_field or field: source, **extra})
     else:
         file = Path(source).expanduser()
         if not file.is_file():
@@ -58,6 +64,105 @@ def cmd_stats(client: httpx.Client, args) -> dict:
     return post_image(client, "/stats", "content", args.image, extra)
 
 
+def task_from_flag(text: str) -> dict:
+    """TYPE[:TARGET][,key=value...] -> a task; values that look like integers become integers."""
+    head, *pairs = text.split(",")
+    kind, _, target = head.partition(":")
+    params = {"target": target} if target else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ClientError(f"--task {text}: expected key=value after the comma, got {pair!r}")
+        params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return {"operation_id": head.replace(":", "_"), "type": kind, "params": params}
+
+
+def cmd_analyze(client: httpx.Client, args) -> dict:
+    tasks = [task_from_flag(t) for t in args.task or []]
+    if args.tasks:
+        try:
+            tasks += json.loads(Path(args.tasks).read_text())
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"{args.tasks}: {exc}") from None
+    if not tasks:
+        raise ClientError("give at least one --task TYPE[:TARGET] or --tasks FILE.json")
+    return post_image(client, "/analyze", "image_file", args.image, {"tasks_json": json.dumps(tasks)}, "image_url")
+
+
+def cmd_embed(client: httpx.Client, args) -> dict:
+    extra = {"model": args.model, "normalize": "true" if args.normalize else "false"}
+    return post_image(client, "/embed", "image_file", args.image, extra, "image_url")
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def cmd_caption_folder(client: httpx.Client, args) -> dict:
+    """Write NAME.txt beside each image; existing captions are kept unless --force."""
+    from tqdm import tqdm
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ClientError(f"{args.folder}: not a folder")
+    todo = [p for p in image_files(folder) if args.force or not p.with_suffix(".txt").exists()]
+    task = {"operation_id": "caption", "type": "describe_image",
+            "params": {"max_length": args.max_length, "target": args.target}}
+    written, failed = 0, {}
+    for image in tqdm(todo, desc="captioning", unit="image", file=sys.stderr):
+        try:
+            result = post_image(client, "/analyze", "image_file", str(image), {"tasks_json": json.dumps([task])})
+            outcome = result["results"]["caption"]
+            if outcome["status"] != "success":
+                raise ClientError(outcome["error_message"])
+        except ClientError as exc:
+            failed[str(image)] = str(exc)
+            continue
+        partial = image.with_suffix(".txt.part")
+        partial.write_text(outcome["data"] + "\n", encoding="utf-8")
+        partial.replace(image.with_suffix(".txt"))  # never a half-written caption
+        written += 1
+    summary = {"written": written, "skipped_existing": len(image_files(folder)) - len(todo), "failed": failed}
+    if failed:
+        json.dump(summary, sys.stdout, indent=2)
+        raise ClientError(f"{len(failed)} of {len(todo)} images failed (see above)")
+    return summary
+
+
+def folder_embeddings(client: httpx.Client, folder: str, model: str) -> "list":
+    from tqdm import tqdm
+
+    files = image_files(Path(folder))
+    if not files:
+        raise ClientError(f"{folder}: no images found")
+    vectors = []
+    for image in tqdm(files, desc=f"embedding {folder}", unit="image", file=sys.stderr):
+        vectors.append(post_image(client, "/embed", "image_file", str(image), {"model": model})["embedding"])
+    return vectors
+
+
+def cmd_train_classifier(client: httpx.Client, args) -> dict:
+    """Embed two folders through the server (or read an .npz), train, report on a held-out split, save."""
+    import numpy as np
+
+    from models.classifiers import train, write
+
+    if args.embeddings:
+        with np.load(args.embeddings) as data:
+            positives, negatives = data["positives"], data["negatives"]
+    elif args.positives and args.negatives:
+        positives = np.asarray(folder_embeddings(client, args.positives, args.model), dtype=np.float32)
+        negatives = np.asarray(folder_embeddings(client, args.negatives, args.model), dtype=np.float32)
+    else:
+        raise ClientError("give --positives DIR and --negatives DIR, or --embeddings FILE.npz")
+    if len(positives) < 2 or len(negatives) < 2:
+        raise ClientError("need at least 2 positive and 2 negative examples")
+    model, report = train(positives, negatives)
+    embedding_type = "embed_" + args.model if not args.model.startswith("embed_") else args.model
+    path = write(args.classifier_dir, args.collection_id, model, embedding_type, args.target, int(positives.shape[1]))
+    return {"collection_id": args.collection_id, "model_file": str(path), "report": report}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description="Client for the image server", epilog="Default command: stats")
     top.add_argument("--url", default=default_url(), help="server address (IMAGESERVER_URL)")
@@ -68,6 +173,36 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("image", nargs="?", default="snowman.png", help="a file path or an http(s) URL")
     stats.add_argument("--method", choices=("arithmetic", "geometric", "harmonic"), help="average colour method")
     stats.set_defaults(run=cmd_stats)
+
+    analyze = commands.add_parser("analyze", help="run /analyze tasks on one image")
+    analyze.add_argument("image", help="a file path or an http(s) URL")
+    analyze.add_argument("--task", action="append", metavar="TYPE[:TARGET][,k=v]", help="repeatable")
+    analyze.add_argument("--tasks", metavar="FILE.json", help="a JSON list of {operation_id, type, params}")
+    analyze.set_defaults(run=cmd_analyze)
+
+    embed = commands.add_parser("embed", help="one embedding from /embed")
+    embed.add_argument("image", help="a file path or an http(s) URL")
+    embed.add_argument("--model", default="clip_vit_b_32", choices=("clip_vit_b_32", "dino_v2", "mobilenet_v2"))
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise the vector")
+    embed.set_defaults(run=cmd_embed)
+
+    caption = commands.add_parser("caption-folder", help="write NAME.txt captions beside every image in a folder")
+    caption.add_argument("folder")
+    caption.add_argument("--max-length", type=int, default=50)
+    caption.add_argument("--target", default="whole_image", choices=("whole_image", "prominent_person", "prominent_face"))
+    caption.add_argument("--force", action="store_true", help="overwrite existing captions")
+    caption.set_defaults(run=cmd_caption_folder)
+
+    trainer = commands.add_parser("train-classifier", help="train a collection classifier over embeddings")
+    trainer.add_argument("--collection-id", required=True)
+    trainer.add_argument("--positives", metavar="DIR")
+    trainer.add_argument("--negatives", metavar="DIR")
+    trainer.add_argument("--embeddings", metavar="FILE.npz", help="arrays 'positives' and 'negatives'")
+    trainer.add_argument("--model", default="clip_vit_b_32", choices=("clip_vit_b_32", "dino_v2", "mobilenet_v2"))
+    trainer.add_argument("--target", default="whole_image", choices=("whole_image", "prominent_person", "prominent_face"))
+    trainer.add_argument("--classifier-dir", default=os.environ.get("CLASSIFIER_DIR") or str(
+        Path(os.environ.get("MODEL_DIR", Path.home() / ".cache" / "imageserver" / "models")) / "classifiers"))
+    trainer.set_defaults(run=cmd_train_classifier)
     return top
 
 

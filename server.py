@@ -1,13 +1,17 @@
 """One LitServe server hosting every capability's LitAPI. Configuration: environment variables (README)."""
 
 import logging
+import os
 import shutil
 import sys
 
 import litserve as ls
 
+from apis.analyze import AnalyzeAPI
 from apis.body_limit import BodyLimitMiddleware
+from apis.embed import EmbedAPI
 from apis.handoff import Handoff
+from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.stats import StatsAPI
 from settings import Settings, SettingsError, load_settings
 
@@ -27,16 +31,30 @@ def resolve_accelerator(choice: str) -> str:
 
 
 def build_server(settings: Settings) -> ls.LitServer:
+    handoff = Handoff()
+    status_dir = os.path.join(handoff.directory, "model-status")
+    os.makedirs(status_dir, exist_ok=True)
+    available = {
+        "stats": lambda: StatsAPI(settings),
+        "analyze": lambda: AnalyzeAPI(settings, status_dir),
+        "embed": lambda: EmbedAPI(settings, status_dir),
+    }
+    apis = [available[name]() for name in settings.capabilities]
     server = ls.LitServer(
-        [StatsAPI(settings)],
+        apis,
         accelerator=resolve_accelerator(settings.accelerator),
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
-        middlewares=[(BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes})],
+        middlewares=[
+            (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes}),
+            (PathAliasMiddleware, {"aliases": ALIASES}),
+        ],
     )
     # read by the request-body dependencies in the HTTP processes
     server.app.state.settings = settings
-    server.app.state.handoff = Handoff()
+    server.app.state.handoff = handoff
+    if {"analyze", "embed"} & set(settings.capabilities):
+        add_operation_routes(server.app, status_dir, apis[0].authorize)
     return server
 
 

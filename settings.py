@@ -13,6 +13,7 @@ from images.fetch import FetchPolicy, parse_networks
 AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
 ACCELERATORS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CAPABILITIES = ("stats", "analyze", "embed")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -62,12 +63,25 @@ def _bytes(name, raw):
     return value
 
 
-def _formats(name, raw):
-    chosen = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
-    unknown = [f for f in chosen if f not in IMAGE_FORMATS]
+def _subset(name, raw, allowed, upper=False):
+    chosen = tuple(p.strip().upper() if upper else p.strip().lower() for p in raw.split(",") if p.strip())
+    unknown = [c for c in chosen if c not in allowed]
     if not chosen or unknown:
-        raise SettingsError(f"{name}={raw!r}: expected a comma-separated subset of {', '.join(IMAGE_FORMATS)}")
-    return chosen
+        raise SettingsError(f"{name}={raw!r}: expected a comma-separated subset of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(chosen))
+
+
+def _formats(name, raw):
+    return _subset(name, raw, IMAGE_FORMATS, upper=True)
+
+
+def _bool(name, raw):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
 
 
 def _networks(name, raw):
@@ -87,6 +101,7 @@ class Settings:
     accelerator: str = "auto"
     request_timeout: float = 30.0
     api_key: str | None = None
+    capabilities: tuple[str, ...] = CAPABILITIES
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "imageserver")
     averaging_method: str = "arithmetic"
     thumbnail_size: int = 512
@@ -99,6 +114,19 @@ class Settings:
     fetch_max_bytes: int = 25 * 1024**2
     fetch_max_redirects: int = 5
     fetch_allow_networks: tuple = ()
+    model_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "imageserver", "models")
+    allow_downloads: bool = True
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    dino_model: str = "facebook/dinov2-base"
+    caption_model: str = "Salesforce/blip-image-captioning-base"
+    person_weights: str = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    person_min_size: int = 800
+    classifier_dir: str | None = None  # default MODEL_DIR/classifiers
+    analyze_max_batch_size: int = 8
+    analyze_batch_timeout: float = 0.01
+    embed_max_batch_size: int = 8
+    embed_batch_timeout: float = 0.01
 
     @property
     def fetch_policy(self) -> FetchPolicy:
@@ -119,6 +147,7 @@ VARIABLES = {
     "WORKERS_PER_DEVICE": ("workers_per_device", lambda n, r: _int(n, r, 1, 64), "1-64", "inference workers per device"),
     "ACCELERATOR": ("accelerator", lambda n, r: _choice(n, r, ACCELERATORS), "|".join(ACCELERATORS), "where models run"),
     "REQUEST_TIMEOUT": ("request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest wait in a queue (504)"),
+    "CAPABILITIES": ("capabilities", lambda n, r: _subset(n, r, CAPABILITIES), ",".join(CAPABILITIES), "endpoints to serve"),
     "API_KEY": ("api_key", lambda n, r: r or None, "any string", "if set, every request needs X-API-Key"),
     "CACHE_DIR": ("cache_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "derived tables kept between runs"),
     "AVERAGING_METHOD": (
@@ -136,6 +165,21 @@ VARIABLES = {
     "FETCH_TIMEOUT": ("fetch_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "total time for one URL fetch"),
     "FETCH_MAX_BYTES": ("fetch_max_bytes", _bytes, "bytes", "largest image fetched from a URL (413)"),
     "FETCH_MAX_REDIRECTS": ("fetch_max_redirects", lambda n, r: _int(n, r, 0, 20), "0-20", "redirects followed"),
+    "MODEL_DIR": ("model_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "weights (see models/weights.py)"),
+    "ALLOW_DOWNLOADS": ("allow_downloads", _bool, "true|false", "fetch missing weights from the network"),
+    "CLIP_MODEL": ("clip_model", lambda n, r: r.strip(), "an open_clip architecture", "CLIP architecture"),
+    "CLIP_PRETRAINED": ("clip_pretrained", lambda n, r: r.strip(), "an open_clip tag or a folder", "CLIP weights"),
+    "DINO_MODEL": ("dino_model", lambda n, r: r.strip(), "a repo id or a folder", "DINOv2 weights"),
+    "CAPTION_MODEL": ("caption_model", lambda n, r: r.strip(), "a repo id or a folder", "BLIP captioning weights"),
+    "PERSON_WEIGHTS": (
+        "person_weights", lambda n, r: r.strip(), "a file name in MODEL_DIR/torchvision or a path", "Faster R-CNN weights",
+    ),
+    "PERSON_MIN_SIZE": ("person_min_size", lambda n, r: _int(n, r, 64, 2048), "64-2048", "Faster R-CNN input short side"),
+    "CLASSIFIER_DIR": ("classifier_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "collection classifiers"),
+    "ANALYZE_MAX_BATCH_SIZE": ("analyze_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/analyze batch size"),
+    "ANALYZE_BATCH_TIMEOUT": ("analyze_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "/analyze wait to fill a batch"),
+    "EMBED_MAX_BATCH_SIZE": ("embed_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/embed batch size"),
+    "EMBED_BATCH_TIMEOUT": ("embed_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "/embed wait to fill a batch"),
     "FETCH_ALLOW_NETWORKS": (
         "fetch_allow_networks", _networks, "CIDRs, comma-separated", "private networks URLs may reach",
     ),

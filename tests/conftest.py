@@ -86,7 +86,9 @@ class ServerProcess:
 def start_server(log_dir: Path, name: str, **overrides) -> ServerProcess:
     """Start `server.py` on a free loopback port and wait until GET /health answers "ok"."""
     port = free_port()
-    env = server_env(HOST="127.0.0.1", PORT=port, LOG_LEVEL="WARNING", **overrides)
+    # the /stats tests need no models: CAPABILITIES=stats unless a test asks for more; never download
+    defaults = {"CAPABILITIES": "stats", "ALLOW_DOWNLOADS": "false"}
+    env = server_env(HOST="127.0.0.1", PORT=port, LOG_LEVEL="WARNING", **{**defaults, **overrides})
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

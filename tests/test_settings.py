@@ -62,6 +62,20 @@ GOOD = {
     "FETCH_TIMEOUT": ("0.1", 0.1),
     "FETCH_MAX_BYTES": ("24MiB", 24 * 1024**2),
     "FETCH_MAX_REDIRECTS": ("0", 0),
+    "CAPABILITIES": ("stats, Embed", ("stats", "embed")),
+    "MODEL_DIR": ("~/weights", os.path.join(os.path.expanduser("~"), "weights")),
+    "ALLOW_DOWNLOADS": ("off", False),
+    "CLIP_MODEL": ("ViT-B-16", "ViT-B-16"),
+    "CLIP_PRETRAINED": ("laion2b_s34b_b79k", "laion2b_s34b_b79k"),
+    "DINO_MODEL": ("/models/dinov2-small", "/models/dinov2-small"),
+    "CAPTION_MODEL": ("Salesforce/blip-image-captioning-large", "Salesforce/blip-image-captioning-large"),
+    "PERSON_WEIGHTS": ("/weights/frcnn.pth", "/weights/frcnn.pth"),
+    "PERSON_MIN_SIZE": ("320", 320),
+    "CLASSIFIER_DIR": ("~/classifiers", os.path.join(os.path.expanduser("~"), "classifiers")),
+    "ANALYZE_MAX_BATCH_SIZE": ("32", 32),
+    "ANALYZE_BATCH_TIMEOUT": ("0.05", 0.05),
+    "EMBED_MAX_BATCH_SIZE": ("32", 32),
+    "EMBED_BATCH_TIMEOUT": ("0", 0.0),
     "FETCH_ALLOW_NETWORKS": (
         "127.0.0.1/32, 10.0.0.0/8 ::1", tuple(map(ipaddress.ip_network, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"])),
     ),
@@ -100,13 +114,21 @@ BAD = {
     "FETCH_TIMEOUT": ["0", "nan", "-3", "ten"],
     "FETCH_MAX_BYTES": ["0", "huge", "1TB"],
     "FETCH_MAX_REDIRECTS": ["-1", "21", "many"],
+    "CAPABILITIES": ["stats,search", ",", "all"],
+    "ALLOW_DOWNLOADS": ["maybe", "2"],
+    "PERSON_MIN_SIZE": ["63", "2049", "big"],
+    "ANALYZE_MAX_BATCH_SIZE": ["0", "257", "eight"],
+    "ANALYZE_BATCH_TIMEOUT": ["-1", "nan"],
+    "EMBED_MAX_BATCH_SIZE": ["0", "257"],
+    "EMBED_BATCH_TIMEOUT": ["-0.5", "later"],
     "FETCH_ALLOW_NETWORKS": ["10.0.0.0/33", "localhost", "300.1.1.1", "10.0.0.1/8"],
 }
 CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
 
 def test_every_checked_variable_has_bad_values_here():
-    free_text = {"HOST", "API_KEY", "CACHE_DIR"}  # any string is accepted
+    free_text = {"HOST", "API_KEY", "CACHE_DIR", "MODEL_DIR", "CLIP_MODEL", "CLIP_PRETRAINED", "DINO_MODEL",
+                 "CAPTION_MODEL", "CLASSIFIER_DIR", "PERSON_WEIGHTS"}  # any string is accepted
     assert set(BAD) == set(VARIABLES) - free_text
 
 

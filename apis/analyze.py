@@ -1,0 +1,136 @@
+"""POST /analyze (also /analyze_image/ and /analyze_image_upload/): image_embed's task router, batched.
+
+Input: JSON {"image_url" | "image_base64", "tasks": [...]}, or multipart `image_file` + `tasks_json`.
+Each task: {"operation_id", "type", "params"}. Answer: {"image_url", "results": {operation_id: result}}.
+`predict` gets a batch of requests and runs each model once over all their images and crops.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from analysis.operations import TaskError, parse_task
+from analysis.runner import Analyzer
+from apis.base import ImageAPI, ServerFault, error_response, log
+from apis.handoff import Blob
+from apis.model_status import write_counters, write_status
+from apis.request_body import Upload, as_http_error, image_bytes, read_fields
+from errors import InputError
+from images.decode import DecodeLimits, decode_image
+
+IMAGE_FIELDS = ("image_url", "image_base64", "image_file", "content")
+MAX_TASKS = 64
+ANALYZE_MODELS = ("person_detector", "face_detector", "clip_vit_b_32", "dino_v2", "mobilenet_v2", "captioner")
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    image: Blob
+    source: str  # echoed as "image_url": the URL, "uploaded:<name>" or "base64"
+    tasks: list  # Task, or (operation_id, TaskError) for a task that cannot run
+
+
+def image_field(fields: dict) -> str:
+    present = [name for name in IMAGE_FIELDS if name in fields]
+    if len(present) > 1:
+        raise InputError(422, f"send one image, not {' and '.join(present)}")
+    if not present:
+        raise InputError(422, "missing image: send image_url or image_base64 (JSON), or image_file (multipart)")
+    return present[0]
+
+
+def parse_tasks(fields: dict) -> list:
+    raw = fields.get("tasks", fields.get("tasks_json"))
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(400, f"tasks_json is not valid JSON: {exc}") from None
+    if not isinstance(raw, list) or not raw:
+        raise InputError(422, "tasks must be a non-empty list of {operation_id, type, params}")
+    if len(raw) > MAX_TASKS:
+        raise InputError(422, f"at most {MAX_TASKS} tasks per request, got {len(raw)}")
+    ids = [t.get("operation_id") if isinstance(t, dict) else None for t in raw]
+    for op_id in ids:
+        if not isinstance(op_id, str) or not op_id:
+            raise InputError(422, "every task needs a non-empty string operation_id")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(422, f"duplicate operation_id: {', '.join(duplicates)}")
+    tasks = []
+    for op_id, task in zip(ids, raw):
+        try:
+            tasks.append(parse_task(task))
+        except TaskError as exc:
+            tasks.append((op_id, exc))
+    return tasks
+
+
+async def read_analyze_request(request: Request):
+    settings = request.app.state.settings
+    try:
+        fields = await read_fields(request, raw_field="image_file")
+        field = image_field(fields)
+        tasks = parse_tasks(fields)
+        data = await image_bytes(fields, field, settings)
+    except InputError as exc:
+        raise as_http_error(exc) from None
+    value = fields[field]
+    source = value.strip() if field == "image_url" else f"uploaded:{value.filename}" if isinstance(value, Upload) else "base64"
+    handoff = request.app.state.handoff
+    blob = handoff.put(data)
+    try:
+        yield AnalyzeRequest(blob, source[:2048], tasks)
+    finally:
+        handoff.drop(blob)
+
+
+class AnalyzeAPI(ImageAPI):
+    models_needed = ANALYZE_MODELS
+
+    def __init__(self, settings, status_dir: str):
+        super().__init__(
+            settings, api_path="/analyze",
+            max_batch_size=settings.analyze_max_batch_size, batch_timeout=settings.analyze_batch_timeout,
+        )
+        self.status_dir = status_dir
+
+    def setup(self, device):
+        from models.classifiers import CollectionClassifiers
+        from models.registry import load_models
+
+        models, unavailable = load_models(self.models_needed, self.settings, device)
+        for name in self.models_needed:
+            write_status(self.status_dir, name, unavailable.get(name))
+        classifiers = CollectionClassifiers(self.settings.classifier_dir or f"{self.settings.model_dir}/classifiers")
+        self.analyzer = Analyzer(models, unavailable, classifiers)
+        self.limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
+
+    def decode_request(self, request: Annotated[AnalyzeRequest, Depends(read_analyze_request)]):
+        try:
+            image = decode_image(request.image.read(), self.limits).image.convert("RGB")
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # still the file's fault: see StatsAPI.decode_request
+            return InputError(400, f"the image could not be decoded: {exc}")
+        return request.source, image, request.tasks
+
+    def predict(self, x):
+        items = self.as_batch(x)
+        valid = [i for i, item in enumerate(items) if isinstance(item, tuple)]
+        outputs = list(items)
+        try:
+            results = self.analyzer.run([items[i][1] for i in valid], [items[i][2] for i in valid])
+            for i, result in zip(valid, results):
+                outputs[i] = {"image_url": items[i][0], "results": result}
+        except Exception as exc:  # the Analyzer isolates model failures; anything else is our bug
+            log.exception("analysis of a batch of %d failed", len(valid))
+            for i in valid:
+                outputs[i] = ServerFault(repr(exc))
+        write_counters(self.status_dir, "analyze", self.analyzer.counters)
+        return self.from_batch(outputs)
+
+    def encode_response(self, output):
+        return output if isinstance(output, dict) else error_response(output)

