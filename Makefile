@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test curl-test client-test bench photos weights install install-test clean
+.PHONY: run test curl-test client-test bench bench-analyze photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -53,6 +53,9 @@ client-test: install $(IMAGE)
 
 bench: install-test
 	$(PY) -m bench.stats
+
+bench-analyze: install-test
+	$(PY) -m bench.analyze
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -155,11 +155,12 @@ def cmd_train_classifier(client: httpx.Client, args) -> dict:
         negatives = np.asarray(folder_embeddings(client, args.negatives, args.model), dtype=np.float32)
     else:
         raise ClientError("give --positives DIR and --negatives DIR, or --embeddings FILE.npz")
-    if len(positives) < 2 or len(negatives) < 2:
-        raise ClientError("need at least 2 positive and 2 negative examples")
-    model, report = train(positives, negatives)
     embedding_type = "embed_" + args.model if not args.model.startswith("embed_") else args.model
-    path = write(args.classifier_dir, args.collection_id, model, embedding_type, args.target, int(positives.shape[1]))
+    try:
+        model, report = train(positives, negatives)
+        path = write(args.classifier_dir, args.collection_id, model, embedding_type, args.target, int(positives.shape[1]))
+    except ValueError as exc:  # too few examples, a bad id or target: the message says which
+        raise ClientError(str(exc)) from None
     return {"collection_id": args.collection_id, "model_file": str(path), "report": report}
 
 

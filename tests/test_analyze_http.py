@@ -158,3 +158,64 @@ def test_embed_of_a_missing_model_is_503_and_unknown_model_422(analyze_server):
     assert missing.status_code == 503 and "dino_v2" in missing.json()["detail"]
     unknown = httpx.post(f"{analyze_server}/embed", files=files, data={"model": "resnet"}, timeout=30)
     assert unknown.status_code == 422
+
+
+def run_client(capsys, *argv) -> tuple[int, dict | None, str]:
+    import client
+
+    code = client.main(list(argv))
+    captured = capsys.readouterr()
+    try:
+        return code, json.loads(captured.out), captured.err
+    except ValueError:
+        return code, None, captured.err
+
+
+def test_client_analyze_and_embed_commands(analyze_server, capsys):
+    path = str(photos.path("astronaut"))
+    code, body, _ = run_client(capsys, "--url", analyze_server, "analyze", path,
+                               "--task", "detect_bounding_box:prominent_face,face_context=whole_image",
+                               "--task", "embed_mobilenet_v2")
+    assert code == 0
+    assert body["results"]["detect_bounding_box_prominent_face"]["status"] == "success"
+    assert len(body["results"]["embed_mobilenet_v2"]["data"]) == 1280
+    code, body, _ = run_client(capsys, "--url", analyze_server, "embed", path, "--model", "mobilenet_v2", "--normalize")
+    assert code == 0 and abs(np.linalg.norm(body["embedding"]) - 1) < 1e-5
+    code, _, err = run_client(capsys, "--url", analyze_server, "embed", path, "--model", "dino_v2")
+    assert code == 1 and err.startswith("error: HTTP 503")
+
+
+def test_client_caption_folder_writes_skips_and_forces(analyze_server, tmp_path, capsys):
+    for name in ("chelsea", "rocket"):
+        (tmp_path / f"{name}{photos.path(name).suffix}").write_bytes(photos.read(name))
+    code, summary, _ = run_client(capsys, "--url", analyze_server, "caption-folder", str(tmp_path), "--max-length", "8")
+    assert code == 0 and summary["written"] == 2
+    caption = (tmp_path / "chelsea.txt").read_text()
+    assert caption.strip() and not list(tmp_path.glob("*.part"))
+    (tmp_path / "chelsea.txt").write_text("kept\n")
+    code, summary, _ = run_client(capsys, "--url", analyze_server, "caption-folder", str(tmp_path))
+    assert code == 0 and summary["written"] == 0 and summary["skipped_existing"] == 2
+    assert (tmp_path / "chelsea.txt").read_text() == "kept\n"
+    code, summary, _ = run_client(capsys, "--url", analyze_server, "caption-folder", str(tmp_path), "--force")
+    assert code == 0 and summary["written"] == 2 and (tmp_path / "chelsea.txt").read_text() != "kept\n"
+
+
+def test_client_train_classifier_from_folders_then_classify(analyze_server, model_dir, tmp_path, capsys):
+    # positives: scikit-image's colour photos; negatives: camera JPEG thumbnails and others
+    groups = {"positives": ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "ihc"],
+              "negatives": ["canon", "olympus", "sony", "flower", "iptc", "sugarshack"]}
+    for group, names in groups.items():
+        (tmp_path / group).mkdir()
+        for name in names:
+            (tmp_path / group / f"{name}{photos.path(name).suffix}").write_bytes(photos.read(name))
+    code, body, err = run_client(
+        capsys, "--url", analyze_server, "train-classifier", "--collection-id", "42", "--model", "mobilenet_v2",
+        "--positives", str(tmp_path / "positives"), "--negatives", str(tmp_path / "negatives"),
+        "--classifier-dir", str(model_dir / "classifiers"))
+    assert code == 0, err
+    assert set(body["report"]) >= {"precision", "recall"} and body["model_file"].endswith(".pkl")
+    mapping = json.loads((model_dir / "classifiers" / "best_models.json").read_text())
+    assert mapping["42"]["embedding_type"] == "embed_mobilenet_v2" and "7" in mapping  # the older entry is kept
+    response = analyze(analyze_server, "astronaut", [{"operation_id": "c", "type": "classify", "params": {"collection_id": 42}}])
+    result = response.json()["results"]["c"]
+    assert result["status"] == "success" and result["data"]["is_in_collection"] is True  # a training positive
