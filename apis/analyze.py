@@ -15,10 +15,9 @@ from analysis.operations import TaskError, parse_task
 from analysis.runner import Analyzer
 from apis.base import ImageAPI, ServerFault, error_response, log
 from apis.handoff import Blob
-from apis.model_status import write_counters, write_status
+from apis.model_status import write_counters, write_statuses
 from apis.request_body import Upload, as_http_error, image_bytes, read_fields
 from errors import InputError
-from images.decode import DecodeLimits, decode_image
 
 IMAGE_FIELDS = ("image_url", "image_base64", "image_file", "content")
 MAX_TASKS = 64
@@ -79,12 +78,8 @@ async def read_analyze_request(request: Request):
         raise as_http_error(exc) from None
     value = fields[field]
     source = value.strip() if field == "image_url" else f"uploaded:{value.filename}" if isinstance(value, Upload) else "base64"
-    handoff = request.app.state.handoff
-    blob = handoff.put(data)
-    try:
+    with request.app.state.handoff.hold(data) as blob:
         yield AnalyzeRequest(blob, source[:2048], tasks)
-    finally:
-        handoff.drop(blob)
 
 
 class AnalyzeAPI(ImageAPI):
@@ -102,20 +97,15 @@ class AnalyzeAPI(ImageAPI):
         from models.registry import load_models
 
         models, unavailable = load_models(self.models_needed, self.settings, device)
-        for name in self.models_needed:
-            write_status(self.status_dir, name, unavailable.get(name))
+        write_statuses(self.status_dir, self.models_needed, unavailable)
         classifiers = CollectionClassifiers(self.settings.classifier_dir or f"{self.settings.model_dir}/classifiers")
         self.analyzer = Analyzer(models, unavailable, classifiers)
-        self.limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
 
     def decode_request(self, request: Annotated[AnalyzeRequest, Depends(read_analyze_request)]):
-        try:
-            image = decode_image(request.image.read(), self.limits).image.convert("RGB")
-        except InputError as exc:
-            return exc
-        except Exception as exc:  # still the file's fault: see StatsAPI.decode_request
-            return InputError(400, f"the image could not be decoded: {exc}")
-        return request.source, image, request.tasks
+        decoded = self.decode(request.image)
+        if isinstance(decoded, InputError):
+            return decoded
+        return request.source, decoded.image.convert("RGB"), request.tasks
 
     def predict(self, x):
         items = self.as_batch(x)

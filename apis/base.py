@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from apis.batch_loop import IdleBatchedLoop
 from errors import InputError
+from images.decode import DecodedImage, DecodeLimits, decode_image
 
 log = logging.getLogger("imageserver")
 
@@ -42,6 +43,17 @@ class ImageAPI(ls.LitAPI):
         expected = self.settings.api_key
         if expected and not hmac.compare_digest((x_api_key or "").encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+
+    def decode(self, blob, max_side: int | None = None) -> DecodedImage | InputError:
+        """The request's image decoded within the configured limits, or the InputError as a value."""
+        limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
+        try:
+            return decode_image(blob.read(), limits, max_side)
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # a decoder failure we did not foresee is still this file's fault
+            log.warning("decoder failed: %r", exc)
+            return InputError(400, f"the image could not be decoded: {exc}")
 
     def as_batch(self, x) -> list:
         """predict sees one item when max_batch_size is 1, a list otherwise; models always get a list."""

@@ -15,10 +15,9 @@ from analysis.runner import count
 from apis.analyze import image_field
 from apis.base import ImageAPI, ServerFault, error_response, log
 from apis.handoff import Blob
-from apis.model_status import write_counters, write_status
+from apis.model_status import write_counters, write_statuses
 from apis.request_body import as_http_error, image_bytes, read_fields
 from errors import InputError
-from images.decode import DecodeLimits, decode_image
 from models.registry import EMBEDDING_MODELS
 
 DEFAULT_MODEL = "clip_vit_b_32"
@@ -55,12 +54,8 @@ async def read_embed_request(request: Request):
         data = await image_bytes(fields, image_field(fields), settings)
     except InputError as exc:
         raise as_http_error(exc) from None
-    handoff = request.app.state.handoff
-    blob = handoff.put(data)
-    try:
+    with request.app.state.handoff.hold(data) as blob:
         yield EmbedRequest(blob, model, normalize)
-    finally:
-        handoff.drop(blob)
 
 
 class EmbedAPI(ImageAPI):
@@ -76,20 +71,15 @@ class EmbedAPI(ImageAPI):
 
         self.models, self.unavailable = load_models(EMBEDDING_MODELS, self.settings, device)
         self.counters = {}
-        for name in EMBEDDING_MODELS:
-            write_status(self.status_dir, name, self.unavailable.get(name))
-        self.limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
+        write_statuses(self.status_dir, EMBEDDING_MODELS, self.unavailable)
 
     def decode_request(self, request: Annotated[EmbedRequest, Depends(read_embed_request)]):
         if request.model not in self.models:
             return InputError(503, f"{request.model} is unavailable: {self.unavailable.get(request.model)}")
-        try:
-            image = decode_image(request.image.read(), self.limits).image.convert("RGB")
-        except InputError as exc:
-            return exc
-        except Exception as exc:  # still the file's fault: see StatsAPI.decode_request
-            return InputError(400, f"the image could not be decoded: {exc}")
-        return request, image
+        decoded = self.decode(request.image)
+        if isinstance(decoded, InputError):
+            return decoded
+        return request, decoded.image.convert("RGB")
 
     def predict(self, x):
         items = self.as_batch(x)

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from errors import InputError
@@ -40,6 +41,15 @@ class Handoff:
         with open(path, "wb") as handle:
             handle.write(data)
         return Blob(path, len(data))
+
+    @contextmanager
+    def hold(self, data: bytes):
+        """The bytes as a Blob for as long as the request lasts; deleted however it ends."""
+        blob = self.put(data)
+        try:
+            yield blob
+        finally:
+            self.drop(blob)
 
     @staticmethod
     def drop(blob: Blob) -> None:

@@ -17,6 +17,11 @@ def write_status(directory: str, model: str, reason: str | None) -> None:
     partial.replace(path)
 
 
+def write_statuses(directory: str, models, unavailable: dict) -> None:
+    for model in models:
+        write_status(directory, model, unavailable.get(model))
+
+
 def read_status(directory: str) -> dict[str, str | None]:
     """model -> None (loaded) or the reason it is not; models not reported yet are absent."""
     out = {}

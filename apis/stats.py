@@ -9,11 +9,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from apis.base import ImageAPI, error_response, log
+from apis.base import ImageAPI, error_response
 from apis.handoff import Blob
 from apis.request_body import as_http_error, image_bytes, read_fields
 from errors import InputError
-from images.decode import DecodeLimits, decode_image
 from models.image_stats import ImageStats, StatsInput
 from settings import AVERAGING_METHODS
 
@@ -36,12 +35,8 @@ async def read_stats_request(request: Request):
         data = await image_bytes(fields, "content", settings)
     except InputError as exc:
         raise as_http_error(exc) from None
-    handoff = request.app.state.handoff
-    blob = handoff.put(data)
-    try:
+    with request.app.state.handoff.hold(data) as blob:
         yield StatsRequest(blob, method)
-    finally:
-        handoff.drop(blob)
 
 
 class StatsAPI(ImageAPI):
@@ -56,20 +51,11 @@ class StatsAPI(ImageAPI):
     def setup(self, device):
         # pure CPU work: the device (cpu or cuda:N, the accelerator is server-wide) is not used
         self.model = ImageStats(self.settings.cache_dir)
-        self.limits = DecodeLimits(
-            max_bytes=self.settings.max_upload_bytes,
-            max_pixels=self.settings.max_image_pixels,
-            formats=self.settings.image_formats,
-        )
 
     def decode_request(self, request: Annotated[StatsRequest, Depends(read_stats_request)]):
-        try:
-            image = decode_image(request.image.read(), self.limits, max_side=self.settings.thumbnail_size)
-        except InputError as exc:
-            return exc
-        except Exception as exc:  # a decoder failure we did not foresee is still this file's fault
-            log.warning("decoder failed: %r", exc)
-            return InputError(400, f"the image could not be decoded: {exc}")
+        image = self.decode(request.image, max_side=self.settings.thumbnail_size)
+        if isinstance(image, InputError):
+            return image
         return StatsInput(image, request.averaging_method or self.settings.averaging_method)
 
     def predict(self, x):
