@@ -219,3 +219,36 @@ def test_client_train_classifier_from_folders_then_classify(analyze_server, mode
     response = analyze(analyze_server, "astronaut", [{"operation_id": "c", "type": "classify", "params": {"collection_id": 42}}])
     result = response.json()["results"]["c"]
     assert result["status"] == "success" and result["data"]["is_in_collection"] is True  # a training positive
+
+
+def test_concurrent_analyze_requests_are_batched_and_match_sequential(analyze_server):
+    tasks = [
+        {"operation_id": "face", "type": "detect_bounding_box", "params": {"target": "prominent_face", "face_context": "whole_image"}},
+        {"operation_id": "face_clip", "type": "embed_clip_vit_b_32", "params": {"target": "prominent_face", "face_context": "whole_image"}},
+        {"operation_id": "mobile", "type": "embed_mobilenet_v2"},
+        {"operation_id": "person", "type": "detect_bounding_box"},
+    ]
+    names = ["astronaut", "chelsea", "coffee", "astronaut", "rocket", "chelsea"]
+    sequential = {name: analyze(analyze_server, name, tasks).json()["results"] for name in set(names)}
+    before = _stats(analyze_server)["mobilenet_v2"]
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=180) as client:
+            return await asyncio.gather(*[client.post(
+                f"{analyze_server}/analyze", files={"image_file": (n, photos.read(n))},
+                data={"tasks_json": json.dumps(tasks)}) for n in names])
+
+    responses = asyncio.run(fire())
+    after = _stats(analyze_server)["mobilenet_v2"]
+    assert after["images"] - before["images"] == len(names)
+    assert after["forward_calls"] - before["forward_calls"] < len(names)  # requests shared forwards
+    for name, response in zip(names, responses):
+        assert response.status_code == 200, response.text
+        got, want = response.json()["results"], sequential[name]
+        for op in ("face", "person"):
+            assert got[op]["data"] == want[op]["data"]
+        assert got["face_clip"]["status"] == want["face_clip"]["status"]
+        for op in ("face_clip", "mobile"):
+            if want[op]["status"] == "success":
+                a, b = np.array(got[op]["data"]), np.array(want[op]["data"])
+                assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 1 - 1e-4
