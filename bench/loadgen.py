@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 
 def multipart_request(host: str, port: int, path: str, field_name: str, filename: str, data: bytes,
                       headers: dict | None = None) -> bytes:
+    return multipart_form_request(host, port, path, {}, field_name, filename, data, headers)
+
+
+def multipart_form_request(host: str, port: int, path: str, fields: dict[str, str], field_name: str, filename: str,
+                           data: bytes, headers: dict | None = None) -> bytes:
+    """multipart_request with text fields before the file (/embed's model, /analyze's tasks_json)."""
     boundary = uuid.uuid4().hex
-    body = (
+    text = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                   for k, v in fields.items())
+    body = text.encode() + (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{filename}\"\r\n"
         f"Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
@@ -81,3 +89,13 @@ async def run(host: str, port: int, requests: list[bytes], concurrency: int, tot
     await asyncio.gather(*(client() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - start
     return result
+
+
+async def exchange(host: str, port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, body), to check an answer's content before a load."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        return await _read_response(reader)
+    finally:
+        writer.close()
