@@ -3,6 +3,8 @@ PORT ?= 8010
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# pretty-print with jq when it is installed, else with Python's json.tool
+PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
 .PHONY: run test curl-test client-test bench bench-analyze photos weights install install-test clean
@@ -47,10 +49,10 @@ snowman.png:
 IMAGE ?= snowman.png
 
 curl-test: $(IMAGE)
-	curl -sS -X POST -F "content=@$(IMAGE)" http://127.0.0.1:$(PORT)/stats | jq .
+	curl -sS -X POST -F "content=@$(IMAGE)" http://127.0.0.1:$(PORT)/stats | $(PRETTY)
 
 client-test: install $(IMAGE)
-	$(PY) client.py --url http://127.0.0.1:$(PORT) stats $(IMAGE) | jq .
+	$(PY) client.py --url http://127.0.0.1:$(PORT) stats $(IMAGE) | $(PRETTY)
 
 bench: install-test
 	$(PY) -m bench.stats
