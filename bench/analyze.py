@@ -29,7 +29,7 @@ from tests import photos
 CACHE = Path.home() / ".cache" / "imageserver-bench"
 MODELS = ("mobilenet_v2", "clip_vit_b_32")
 DIMS = {"mobilenet_v2": 1280, "clip_vit_b_32": 512}
-# the production default, and short next to one CPU forward (15-60 ms an image): it adds at most 10 ms
+# the production default, and short next to one CPU forward (18-100 ms an image): it adds at most 10 ms
 # at concurrency 1, and under load the queue already holds a full batch when the worker asks for one
 BATCH_TIMEOUT = 0.01
 GOAL_VS_MODEL, GOAL_BATCHING = 0.8, 1.5
@@ -70,16 +70,16 @@ def build_clip(model_dir: Path) -> Path:
     return folder
 
 
-def model_only(model_dir: Path, images: list, batches, total: int) -> dict:
+def model_only(model_dir: Path, images: list, names, batches, total: int, device: str) -> dict:
     """images/s of the production classes' forward (preprocessing included), in this process."""
     from models.clip import ClipEmbedder
     from models.mobilenet import MobileNetEmbedder
 
     settings = load_settings({"MODEL_DIR": str(model_dir), "ALLOW_DOWNLOADS": "false"})
     out = {}
-    for name, cls in (("mobilenet_v2", MobileNetEmbedder), ("clip_vit_b_32", ClipEmbedder)):
-        model = cls(settings)
-        model.load("cpu")
+    for name in names:
+        model = {"mobilenet_v2": MobileNetEmbedder, "clip_vit_b_32": ClipEmbedder}[name](settings)
+        model.load(device)
         out[name] = {}
         for b in batches:
             model.forward(images[:b])  # warm-up: oneDNN picks its kernels per shape on the first call
@@ -96,8 +96,8 @@ def model_only(model_dir: Path, images: list, batches, total: int) -> dict:
 def server_env(port: int, model_dir: Path, **extra) -> dict:
     env = dict(os.environ, PORT=str(port), HOST=HOST, WORKERS_PER_DEVICE="1", ACCELERATOR="cpu",
                LOG_LEVEL="WARNING", MODEL_DIR=str(model_dir), ALLOW_DOWNLOADS="false", HF_HUB_OFFLINE="1",
-               CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai", DINO_MODEL=f"{MISSING}/dino",
-               **{k: str(v) for k, v in extra.items()})
+               CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai", DINO_MODEL=f"{MISSING}/dino")
+    env.update({k: str(v) for k, v in extra.items()})
     env.pop("API_KEY", None)  # the bench sends no key
     return env
 
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--model-images", type=int, default=96, help="images per model-only point")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--skip-analyze", action="store_true")
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"), help="where the models run")
     parser.add_argument("--cache", default=str(CACHE), help="folder for the random-weight CLIP (built once)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
@@ -202,16 +203,17 @@ def main() -> None:
     corpus = photos.corpus()
     images = [Image.open(photos.path(n)).convert("RGB") for n in corpus]  # decoded once: not timed
     print(f"corpus: {len(corpus)} photos, {sum(map(len, corpus.values())) / 1e6:.1f} MB\n\nmodel only (no HTTP):")
-    alone = model_only(model_dir, images, args.batches, args.model_images)
+    alone = model_only(model_dir, images, args.models, args.batches, args.model_images, args.accelerator)
 
-    header = f"{'':<24} {'conc':>5} {'requests':>8} {'{}/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>14} {'non-200':>7}"
+    header = (f"{'':<24} {'conc':>5} {'requests':>8} {'{}/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>14} "
+              f"{'non-200':>7}")
     print("\n/embed (images/s; mean batch = images per forward call, from /model_stats)")
     print(header.format("img"))
     embed = []
     for model in args.models:
         for b in args.batches:
-            env = server_env(free_port(), model_dir, CAPABILITIES="embed", EMBED_MAX_BATCH_SIZE=b,
-                             EMBED_BATCH_TIMEOUT=BATCH_TIMEOUT)
+            env = server_env(free_port(), model_dir, CAPABILITIES="embed", ACCELERATOR=args.accelerator,
+                             EMBED_MAX_BATCH_SIZE=b, EMBED_BATCH_TIMEOUT=BATCH_TIMEOUT)
             with server(env) as port:
                 requests = [loadgen.multipart_form_request(HOST, port, "/embed", {"model": model, "normalize": "false"},
                                                            "image_file", n, d) for n, d in corpus.items()]
@@ -228,9 +230,9 @@ def main() -> None:
         print(header.format("req"))
         tasks = json.dumps(ANALYZE_TASKS)
         for b in args.analyze_batches:
-            env = server_env(free_port(), model_dir, CAPABILITIES="analyze", ANALYZE_MAX_BATCH_SIZE=b,
-                             ANALYZE_BATCH_TIMEOUT=BATCH_TIMEOUT, PERSON_WEIGHTS=f"{MISSING}/person.pth",
-                             CAPTION_MODEL=f"{MISSING}/blip")
+            env = server_env(free_port(), model_dir, CAPABILITIES="analyze", ACCELERATOR=args.accelerator,
+                             ANALYZE_MAX_BATCH_SIZE=b, ANALYZE_BATCH_TIMEOUT=BATCH_TIMEOUT,
+                             PERSON_WEIGHTS=f"{MISSING}/person.pth", CAPTION_MODEL=f"{MISSING}/blip")
             with server(env) as port:
                 requests = [loadgen.multipart_form_request(HOST, port, "/analyze", {"tasks_json": tasks},
                                                            "image_file", n, d) for n, d in corpus.items()]
