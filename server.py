@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import signal
 import sys
 
 import litserve as ls
@@ -58,6 +59,25 @@ def build_server(settings: Settings) -> ls.LitServer:
     return server
 
 
+def shutdown_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, kill) takes the same graceful path as Ctrl+C.
+
+    Python's default SIGTERM ends the process on the spot: LitServe's shutdown never runs, its HTTP and
+    worker processes may outlive us and the /dev/shm hand-off folder is left behind. Child processes
+    that inherit the handler keep the default behaviour.
+    """
+    main_pid = os.getpid()
+
+    def interrupt(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     try:
         settings = load_settings()
@@ -66,6 +86,7 @@ def main() -> None:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shutdown_on_sigterm()
     try:
         server.run(
             host=settings.host,

@@ -65,10 +65,11 @@ class ServerProcess:
             return ""
 
     def stop(self) -> None:
-        """Terminate the whole process group (LitServe spawns workers, a manager and uvicorn)."""
+        """SIGTERM to server.py (its graceful shutdown stops LitServe's workers, manager and uvicorn and
+        removes its hand-off folder), then SIGKILL to whatever of the process group is left."""
         if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                os.kill(self.process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             try:

@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psutil
@@ -22,7 +23,7 @@ from PIL import Image
 from images.decode import DecodeLimits, decode_image
 from models.image_stats import ImageStats, StatsInput
 from tests import photos
-from tests.conftest import API_KEY, MAX_UPLOAD_BYTES, ROOT, free_port, server_env
+from tests.conftest import API_KEY, MAX_UPLOAD_BYTES, ROOT, free_port, server_env, start_server
 
 HEX = re.compile(r"^#[0-9a-f]{6}$")
 
@@ -396,6 +397,24 @@ def test_idle_server_does_not_busy_spin(server_process):
     time.sleep(3.0)
     used = (_cpu_seconds(processes) - before) / (time.monotonic() - started)
     assert used < 0.10, f"idle server used {used:.0%} of one core"
+
+
+def test_sigterm_stops_every_process_and_removes_the_handoff_folder(cache_dir, server_logs):
+    """docker stop / systemd send SIGTERM: it must take the same clean path as Ctrl+C."""
+    before = set(Path("/dev/shm").glob("imageserver-*"))
+    server = start_server(server_logs, "sigterm", CACHE_DIR=cache_dir)
+    try:
+        created = set(Path("/dev/shm").glob("imageserver-*")) - before
+        assert len(created) == 1, created
+        tree = _tree(server.pid)
+        assert len(tree) >= 3
+        os.kill(server.pid, signal.SIGTERM)  # the main process only, as a process manager does
+        server.process.wait(timeout=30)
+        gone, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, [p.pid for p in alive]
+        assert not created.pop().exists()
+    finally:
+        server.stop()
 
 
 # -------------------------------------------------------------------------------- configuration
