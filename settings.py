@@ -98,6 +98,7 @@ class Settings:
     log_level: str = "INFO"
     num_api_servers: int = 1
     workers_per_device: int = 1
+    torch_threads: int = 0  # 0: cores // workers_per_device (models/runtime.py)
     accelerator: str = "auto"
     request_timeout: float = 30.0
     api_key: str | None = None
@@ -145,6 +146,9 @@ VARIABLES = {
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, LOG_LEVELS, upper=True), "|".join(LOG_LEVELS), "log level"),
     "NUM_API_SERVERS": ("num_api_servers", lambda n, r: _int(n, r, 1, 64), "1-64", "HTTP front-end processes"),
     "WORKERS_PER_DEVICE": ("workers_per_device", lambda n, r: _int(n, r, 1, 64), "1-64", "inference workers per device"),
+    "TORCH_THREADS": (
+        "torch_threads", lambda n, r: _int(n, r, 0, 256), "0-256", "torch threads per model worker; 0: cores / WORKERS_PER_DEVICE",
+    ),
     "ACCELERATOR": ("accelerator", lambda n, r: _choice(n, r, ACCELERATORS), "|".join(ACCELERATORS), "where models run"),
     "REQUEST_TIMEOUT": ("request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest wait in a queue (504)"),
     "CAPABILITIES": ("capabilities", lambda n, r: _subset(n, r, CAPABILITIES), ",".join(CAPABILITIES), "endpoints to serve"),

@@ -44,11 +44,11 @@ class ImageAPI(ls.LitAPI):
         if expected and not hmac.compare_digest((x_api_key or "").encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
 
-    def decode(self, blob, max_side: int | None = None) -> DecodedImage | InputError:
+    def decode(self, blob, max_side: int | None = None, min_side: int | None = None) -> DecodedImage | InputError:
         """The request's image decoded within the configured limits, or the InputError as a value."""
         limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
         try:
-            return decode_image(blob.read(), limits, max_side)
+            return decode_image(blob.read(), limits, max_side, min_side)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder failure we did not foresee is still this file's fault

@@ -21,6 +21,13 @@ from errors import InputError
 from models.registry import EMBEDDING_MODELS
 
 DEFAULT_MODEL = "clip_vit_b_32"
+# A large JPEG is decoded in draft mode (1/2, 1/4 or 1/8 scale) down to twice the model's input side,
+# then the model's own antialiased resize takes it the rest of the way. A 12-megapixel photo decodes
+# ~10x faster. Measured on the corpus re-encoded as 1-7 MP JPEGs (MobileNetV2, real weights): cosine
+# to the full-decode embedding >= 0.9989 at 2x; at 1x (drafting right down to 256 px) as low as 0.979.
+# /analyze decodes in full (it needs the pixels for boxes and crops): its whole-image embeddings of
+# a large JPEG agree with /embed's to that cosine, not bit for bit.
+DRAFT_OVERSAMPLE = 2
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ class EmbedAPI(ImageAPI):
     def decode_request(self, request: Annotated[EmbedRequest, Depends(read_embed_request)]):
         if request.model not in self.models:
             return InputError(503, f"{request.model} is unavailable: {self.unavailable.get(request.model)}")
-        decoded = self.decode(request.image)
+        side = self.models[request.model].input_side
+        decoded = self.decode(request.image, min_side=side * DRAFT_OVERSAMPLE if side else None)
         if isinstance(decoded, InputError):
             return decoded
         return request, decoded.image.convert("RGB")

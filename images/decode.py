@@ -5,6 +5,7 @@ the pixel count from the header alone, and only then the pixel data.
 """
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -58,11 +59,15 @@ def open_checked(data: bytes, limits: DecodeLimits) -> Image.Image:
     return image
 
 
-def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None) -> DecodedImage:
+def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None,
+                 min_side: int | None = None) -> DecodedImage:
     """Decode `data` within `limits`; with `max_side`, return a copy no larger than max_side on either side.
 
     For JPEG the reduction uses the decoder's draft mode (DCT scaling), so a 12-megapixel photo is never
-    decoded at full size when a thumbnail is all that is needed.
+    decoded at full size when a thumbnail is all that is needed. `min_side` asks for draft mode alone:
+    a JPEG is decoded at 1/2, 1/4 or 1/8 scale as long as its shorter side stays >= min_side, and is not
+    resampled further (a model that resizes to a 224 px short side needs no more pixels than that);
+    other formats decode at full size.
     """
     image = open_checked(data, limits)
     full_size, image_format = image.size, image.format  # draft() below changes the size in place
@@ -72,6 +77,9 @@ def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None)
             if max_side is not None and max(image.size) > max_side:
                 # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale, the smallest still >= the thumbnail
                 image.draft(None, _fit(image.size, max_side))
+            elif min_side is not None and draft_reduces(image.size, image.format, min_side):
+                scale = min_side / min(image.size)
+                image.draft(None, (max(1, math.ceil(image.size[0] * scale)), max(1, math.ceil(image.size[1] * scale))))
             image.load()
             # after loading: PNG keeps eXIf anywhere in the file, so reading it first would decode twice
             exif = image.getexif()
@@ -92,6 +100,11 @@ def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None)
         raise InputError(400, f"the image data is truncated or corrupt: {exc}") from None
     width, height = image_size_upright(full_size, orientation)
     return DecodedImage(image=upright, format=image_format, width=width, height=height, exif=exif)
+
+
+def draft_reduces(size: tuple[int, int], image_format: str, min_side: int) -> bool:
+    """Whether decode_image(min_side=...) decodes fewer pixels than the full image (JPEG at scale <= 1/2)."""
+    return image_format in ("JPEG", "MPO") and min(size) // 2 >= min_side
 
 
 def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:

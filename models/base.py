@@ -68,6 +68,9 @@ class EmbeddingModel(ImageModel):
     """forward -> one float32 vector per image (not normalised; callers normalise if asked)."""
 
     dim: int
+    # the short side the preprocessing resizes to (known after load), or None when it does not resize
+    # that way: callers may decode a large JPEG smaller (images.decode min_side), never below this
+    input_side: int | None = None
 
     @abstractmethod
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]: ...

@@ -45,6 +45,10 @@ class ClipEmbedder(EmbeddingModel):
             raise weights.describe_failure(exc, f"CLIP {arch}/{tag}") from exc
         self.model, self.preprocess, self.device = model, preprocess, device  # the *val* transform: no augmentation
         self.dim = int(model.visual.output_dim)
+        # open_clip's image_size is the side its val transform resizes to (shortest-side mode) or
+        # squashes/pads to: the short side never needs more pixels than that
+        size = getattr(model.visual, "image_size", None)
+        self.input_side = max(size) if isinstance(size, (tuple, list)) else int(size) if size else None
 
     def _autocast(self):
         # fp16 halves the time on a GPU; CPU stays fp32 (CPU half precision is slow and less exact)

@@ -42,6 +42,7 @@ class DinoEmbedder(EmbeddingModel):
             raise weights.describe_failure(exc, f"DINOv2 {name}") from exc
         self.model, self.processor, self.device = model, processor, device
         self.dim = int(model.config.hidden_size)
+        self.input_side = _resize_side(processor)
 
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
         if not images:
@@ -54,3 +55,13 @@ class DinoEmbedder(EmbeddingModel):
         pooled = getattr(output, "pooler_output", None)
         vectors = pooled if pooled is not None else output.last_hidden_state[:, 0]
         return list(vectors.float().cpu().numpy().astype(np.float32, copy=False))
+
+
+def _resize_side(processor) -> int | None:
+    """The short side the image processor resizes to ({"shortest_edge": 256} for DINOv2), if it says."""
+    size = getattr(processor, "size", None) or {}
+    size = dict(size) if not isinstance(size, int) else {"shortest_edge": size}
+    if size.get("shortest_edge"):
+        return int(size["shortest_edge"])
+    sides = [v for k, v in size.items() if k in ("height", "width") and v]
+    return int(max(sides)) if sides else None

@@ -14,13 +14,14 @@ from models import weights
 from models.base import EmbeddingModel, ModelUnavailable
 
 FILENAME = "mobilenet_v2-b0353104.pth"
+RESIZE = 256  # torchvision's ImageNet recipe: short side to 256, centre crop 224
 URL = f"https://download.pytorch.org/models/{FILENAME}"
 
 
 def imagenet_transform() -> v2.Compose:
     """What MobileNet_V2_Weights.IMAGENET1K_V1.transforms() does, built here so nothing is fetched."""
     return v2.Compose([
-        v2.Resize(256, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.Resize(RESIZE, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
         v2.CenterCrop(224),
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
@@ -33,6 +34,7 @@ class MobileNetEmbedder(EmbeddingModel):
 
     name = "mobilenet_v2"
     dim = 1280
+    input_side = RESIZE
 
     def __init__(self, settings):
         super().__init__(settings)

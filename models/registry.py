@@ -4,6 +4,7 @@ import importlib
 import logging
 
 from models.base import ModelUnavailable
+from models.runtime import configure_worker
 
 log = logging.getLogger("imageserver.models")
 
@@ -25,6 +26,7 @@ def model_class(name: str):
 
 def load_models(names, settings, device: str) -> tuple[dict, dict]:
     """(loaded models by name, reasons by name for those that could not be loaded). Never raises."""
+    configure_worker(settings)
     loaded, unavailable = {}, {}
     for name in names:
         try:

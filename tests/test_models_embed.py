@@ -234,3 +234,28 @@ def test_mobilenet_similar_photos_are_close(mobilenet):
     same, different = cosine(original, recompressed), cosine(original, coffee)
     assert same > 0.9
     assert different < same - 0.2
+
+
+# ---------------------------------------------------------------- decoding large JPEGs smaller (/embed)
+
+
+def test_each_model_reports_the_short_side_its_preprocessing_resizes_to(clip, dino, mobilenet):
+    assert mobilenet.input_side == 256  # torchvision's recipe: resize 256, crop 224
+    assert clip.input_side == TINY_CLIP_CFG["vision_cfg"]["image_size"]
+    assert dino.input_side == dino.processor.size["shortest_edge"]
+
+
+def test_draft_decode_at_twice_the_input_side_keeps_mobilenet_embeddings(mobilenet):
+    """/embed decodes a large JPEG at >= 2x the model's input side: fewer pixels, nearly the same vector."""
+    from apis.embed import DRAFT_OVERSAMPLE
+    from images.decode import DecodeLimits, decode_image
+
+    for name in ["astronaut", "coffee", "brick", "ihc"]:  # brick and ihc: fine texture, the hardest case
+        big = photo(name).resize((2048, 2048), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        big.save(out, "JPEG", quality=90)
+        full = decode_image(out.getvalue(), DecodeLimits()).image
+        reduced = decode_image(out.getvalue(), DecodeLimits(), min_side=mobilenet.input_side * DRAFT_OVERSAMPLE).image
+        assert full.size == (2048, 2048) and reduced.size == (512, 512)  # libjpeg decoded at 1/4 scale
+        a, b = mobilenet.forward([full.convert("RGB"), reduced.convert("RGB")])
+        assert cosine(a, b) > 0.998, name
