@@ -13,8 +13,11 @@ from apis.body_limit import BodyLimitMiddleware
 from apis.embed import EmbedAPI
 from apis.handoff import Handoff
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
+from apis.search import SearchAPI
+from apis.search_routes import add_search_routes
 from apis.stats import StatsAPI
 from settings import Settings, SettingsError, load_settings
+from store.open import check_store_settings
 
 
 def resolve_accelerator(choice: str) -> str:
@@ -32,6 +35,8 @@ def resolve_accelerator(choice: str) -> str:
 
 
 def build_server(settings: Settings) -> ls.LitServer:
+    if "search" in settings.capabilities:
+        check_store_settings(settings)
     handoff = Handoff()
     status_dir = os.path.join(handoff.directory, "model-status")
     os.makedirs(status_dir, exist_ok=True)
@@ -39,6 +44,7 @@ def build_server(settings: Settings) -> ls.LitServer:
         "stats": lambda: StatsAPI(settings),
         "analyze": lambda: AnalyzeAPI(settings, status_dir),
         "embed": lambda: EmbedAPI(settings, status_dir),
+        "search": lambda: SearchAPI(settings),
     }
     apis = [available[name]() for name in settings.capabilities]
     server = ls.LitServer(
@@ -56,6 +62,8 @@ def build_server(settings: Settings) -> ls.LitServer:
     server.app.state.handoff = handoff
     if {"analyze", "embed"} & set(settings.capabilities):
         add_operation_routes(server.app, status_dir, apis[0].authorize)
+    if "search" in settings.capabilities:
+        add_search_routes(server.app, settings, apis[0].authorize)
     return server
 
 

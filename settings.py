@@ -7,13 +7,17 @@ written from the same facts. A bad value stops start-up with one line naming the
 import os
 import re
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 from images.fetch import FetchPolicy, parse_networks
+from models.registry import EMBEDDING_MODELS
 
 AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
 ACCELERATORS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-CAPABILITIES = ("stats", "analyze", "embed")
+CAPABILITIES = ("stats", "analyze", "embed", "search")
+STORE_BACKENDS = ("sqlite", "elasticsearch")
+REFRESH_POLICIES = ("wait_for", "true", "false")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -84,6 +88,36 @@ def _bool(name, raw):
     raise SettingsError(f"{name}={raw!r}: expected true or false")
 
 
+def _url(name, raw):
+    value = raw.strip()
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://127.0.0.1:9200")
+    return value
+
+
+# Elasticsearch's rules for index names: lowercase; no space, colon or any of \ / * ? " < > | , #; not starting with - _ +
+_INDEX = re.compile(r"^(?![-_+])[^A-Z\\/*?\"<>|,# :]{1,255}$")
+
+
+def _index_name(name, raw):
+    value = raw.strip()
+    if not _INDEX.match(value) or value in (".", ".."):
+        raise SettingsError(f"{name}={raw!r}: expected an Elasticsearch index name (lowercase, no space or \\/*?\"<>|,#:)")
+    return value
+
+
+def _models(name, raw):
+    """A comma list of embedding models, or `none` for signatures only."""
+    if raw.strip().lower() == "none":
+        return ()
+    return _subset(name, raw, EMBEDDING_MODELS)
+
+
 def _networks(name, raw):
     try:
         return parse_networks(raw)
@@ -128,6 +162,15 @@ class Settings:
     analyze_batch_timeout: float = 0.01
     embed_max_batch_size: int = 8
     embed_batch_timeout: float = 0.01
+    store_backend: str = "sqlite"
+    data_dir: str = os.path.join(os.path.expanduser("~"), ".local", "share", "imageserver")
+    elasticsearch_url: str | None = None
+    elasticsearch_index: str = "images"
+    elasticsearch_timeout: float = 10.0
+    elasticsearch_refresh: str = "wait_for"
+    search_models: tuple[str, ...] = ("mobilenet_v2",)
+    search_max_batch_size: int = 8
+    search_batch_timeout: float = 0.01
 
     @property
     def fetch_policy(self) -> FetchPolicy:
@@ -187,6 +230,20 @@ VARIABLES = {
     "FETCH_ALLOW_NETWORKS": (
         "fetch_allow_networks", _networks, "CIDRs, comma-separated", "private networks URLs may reach",
     ),
+    "STORE_BACKEND": (
+        "store_backend", lambda n, r: _choice(n, r, STORE_BACKENDS), "|".join(STORE_BACKENDS), "where the image index lives",
+    ),
+    "DATA_DIR": ("data_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "SQLite index and original images"),
+    "ELASTICSEARCH_URL": ("elasticsearch_url", _url, "an http(s) URL", "cluster of STORE_BACKEND=elasticsearch"),
+    "ELASTICSEARCH_INDEX": ("elasticsearch_index", _index_name, "an index name", "Elasticsearch index of the images"),
+    "ELASTICSEARCH_TIMEOUT": ("elasticsearch_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "per Elasticsearch request"),
+    "ELASTICSEARCH_REFRESH": (
+        "elasticsearch_refresh", lambda n, r: _choice(n, r, REFRESH_POLICIES), "|".join(REFRESH_POLICIES),
+        "when an add or delete becomes searchable",
+    ),
+    "SEARCH_MODELS": ("search_models", _models, ",".join(EMBEDDING_MODELS) + " or none", "embeddings computed on /add"),
+    "SEARCH_MAX_BATCH_SIZE": ("search_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "search batch size"),
+    "SEARCH_BATCH_TIMEOUT": ("search_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "search wait to fill a batch"),
 }
 
 

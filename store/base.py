@@ -53,6 +53,10 @@ class Store(ABC):
     def count(self) -> int: ...
 
     @abstractmethod
+    def paths_with_sha256(self, sha256: str, limit: int = 10) -> list[str]:
+        """Paths of up to `limit` records of these bytes; a shared original is deleted only when none is left."""
+
+    @abstractmethod
     def list_paths(self, offset: int = 0, limit: int = 20) -> list[str]:
         """Paths in insertion order (oldest first)."""
 

@@ -442,6 +442,19 @@ class ElasticStore(Store):
         with self._errors("count"):
             return int(self._es.count(index=self.index)["count"])
 
+    def paths_with_sha256(self, sha256: str, limit: int = 10) -> list[str]:
+        if limit <= 0:
+            return []
+        self.ensure_index()
+        with self._errors("find records by sha256"):
+            if self.refresh is False:  # search is not realtime: an add that returned may not be visible yet
+                self._es.indices.refresh(index=self.index)
+            hits = self._es.search(
+                index=self.index, query={"term": {"sha256": sha256}}, sort=[{"created": "asc"}, {"path": "asc"}],
+                size=min(limit, MAX_RESULT_WINDOW), source=["path"], track_total_hits=False,
+            )["hits"]["hits"]
+        return [hit["_source"]["path"] for hit in hits]
+
     def list_paths(self, offset: int = 0, limit: int = 20) -> list[str]:
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0")

@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (model, record_id)
 );
 CREATE INDEX IF NOT EXISTS embeddings_record ON embeddings (record_id);
+-- paths_with_sha256: is an original still referenced after a delete?
+CREATE INDEX IF NOT EXISTS records_sha256 ON records (sha256);
 -- every removed record id, in order: how a vector index built earlier (or in another process) catches up
 CREATE TABLE IF NOT EXISTS removed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -228,6 +230,13 @@ class SQLiteStore(Store):
     def count(self) -> int:
         with self._errors("count"):
             return self._conn().execute("SELECT count(*) FROM records").fetchone()[0]
+
+    def paths_with_sha256(self, sha256: str, limit: int = 10) -> list[str]:
+        with self._errors("paths_with_sha256"):
+            rows = self._conn().execute(
+                "SELECT path FROM records WHERE sha256 = ? ORDER BY id LIMIT ?", (sha256, max(0, int(limit)))
+            )
+            return [path for (path,) in rows]
 
     def list_paths(self, offset: int = 0, limit: int = 20) -> list[str]:
         with self._errors("list_paths"):

@@ -26,6 +26,12 @@ def test_defaults():
     assert settings.image_formats == IMAGE_FORMATS
     assert settings.fetch_allow_networks == ()
     assert settings.fetch_policy == FetchPolicy()  # the fetcher's defaults and the settings' agree
+    assert "search" in settings.capabilities
+    assert settings.store_backend == "sqlite"
+    assert settings.data_dir == os.path.join(os.path.expanduser("~"), ".local", "share", "imageserver")
+    assert settings.elasticsearch_url is None and settings.elasticsearch_index == "images"
+    assert settings.elasticsearch_refresh == "wait_for" and settings.elasticsearch_timeout == 10.0
+    assert settings.search_models == ("mobilenet_v2",)
 
 
 def test_blank_values_mean_the_default():
@@ -80,6 +86,15 @@ GOOD = {
     "FETCH_ALLOW_NETWORKS": (
         "127.0.0.1/32, 10.0.0.0/8 ::1", tuple(map(ipaddress.ip_network, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"])),
     ),
+    "STORE_BACKEND": (" Elasticsearch ", "elasticsearch"),
+    "DATA_DIR": ("~/index", os.path.join(os.path.expanduser("~"), "index")),
+    "ELASTICSEARCH_URL": (" https://user:pw@es.example:9200 ", "https://user:pw@es.example:9200"),
+    "ELASTICSEARCH_INDEX": ("photos-2026.11", "photos-2026.11"),
+    "ELASTICSEARCH_TIMEOUT": ("2.5", 2.5),
+    "ELASTICSEARCH_REFRESH": ("False", "false"),
+    "SEARCH_MODELS": ("mobilenet_v2, clip_vit_b_32", ("mobilenet_v2", "clip_vit_b_32")),
+    "SEARCH_MAX_BATCH_SIZE": ("16", 16),
+    "SEARCH_BATCH_TIMEOUT": ("0", 0.0),
 }
 
 
@@ -116,7 +131,7 @@ BAD = {
     "FETCH_TIMEOUT": ["0", "nan", "-3", "ten"],
     "FETCH_MAX_BYTES": ["0", "huge", "1TB"],
     "FETCH_MAX_REDIRECTS": ["-1", "21", "many"],
-    "CAPABILITIES": ["stats,search", ",", "all"],
+    "CAPABILITIES": ["stats,match", ",", "all"],
     "ALLOW_DOWNLOADS": ["maybe", "2"],
     "PERSON_MIN_SIZE": ["63", "2049", "big"],
     "ANALYZE_MAX_BATCH_SIZE": ["0", "257", "eight"],
@@ -124,13 +139,21 @@ BAD = {
     "EMBED_MAX_BATCH_SIZE": ["0", "257"],
     "EMBED_BATCH_TIMEOUT": ["-0.5", "later"],
     "FETCH_ALLOW_NETWORKS": ["10.0.0.0/33", "localhost", "300.1.1.1", "10.0.0.1/8"],
+    "STORE_BACKEND": ["postgres", "es"],
+    "ELASTICSEARCH_URL": ["localhost:9200", "ftp://es.example", "http://es.example:port", "http://"],
+    "ELASTICSEARCH_INDEX": ["Images", "_images", "my images", "a/b", "..", "x" * 256],
+    "ELASTICSEARCH_TIMEOUT": ["0", "-1", "nan", "slow"],
+    "ELASTICSEARCH_REFRESH": ["wait", "sometimes"],
+    "SEARCH_MODELS": ["resnet50", "mobilenet_v2,resnet50", ","],
+    "SEARCH_MAX_BATCH_SIZE": ["0", "257", "many"],
+    "SEARCH_BATCH_TIMEOUT": ["-1", "nan"],
 }
 CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
 
 def test_every_checked_variable_has_bad_values_here():
     free_text = {"HOST", "API_KEY", "CACHE_DIR", "MODEL_DIR", "CLIP_MODEL", "CLIP_PRETRAINED", "DINO_MODEL",
-                 "CAPTION_MODEL", "CLASSIFIER_DIR", "PERSON_WEIGHTS"}  # any string is accepted
+                 "CAPTION_MODEL", "CLASSIFIER_DIR", "PERSON_WEIGHTS", "DATA_DIR"}  # any string is accepted
     assert set(BAD) == set(VARIABLES) - free_text
 
 
@@ -178,6 +201,28 @@ def test_fetch_policy_follows_the_fetch_variables():
     assert settings.fetch_policy == FetchPolicy(
         timeout=3.0, max_bytes=1_000_000, max_redirects=2, allow_networks=(ipaddress.ip_network("192.168.0.0/16"),)
     )
+
+
+def test_search_models_none_means_signatures_only():
+    assert load_settings({"SEARCH_MODELS": "None"}).search_models == ()
+
+
+def test_elasticsearch_backend_without_its_url_is_a_start_up_error(tmp_path):
+    from store.open import check_store_settings
+
+    with pytest.raises(SettingsError, match=r"^STORE_BACKEND='elasticsearch': set ELASTICSEARCH_URL"):
+        check_store_settings(load_settings({"STORE_BACKEND": "elasticsearch", "DATA_DIR": str(tmp_path)}))
+    check_store_settings(load_settings({"STORE_BACKEND": "elasticsearch", "DATA_DIR": str(tmp_path),
+                                        "ELASTICSEARCH_URL": "http://127.0.0.1:9"}))  # no connection is tried
+
+
+def test_data_dir_that_cannot_be_written_is_a_start_up_error(tmp_path):
+    from store.open import check_store_settings
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SettingsError, match=r"^DATA_DIR=.*not a writable directory"):
+        check_store_settings(load_settings({"DATA_DIR": str(blocker / "data")}))
 
 
 def test_settings_are_frozen():

@@ -1,0 +1,161 @@
+"""match's HTTP API (TRUEPIC/match, image_match's server), compatible with its clients.
+
+Every answer is match's envelope {"status": "ok" | "fail", "error": [...], "method": name, "result": [...]},
+now with a JSON content type (match sent it as text/html) and a 4xx status for bad input (match answered
+500 to a URL it could not fetch). Fields are form fields (urlencoded or multipart); a JSON object works too.
+
+    POST /add       url | image, filepath (required), metadata (JSON object text)   -> []
+    POST /search    url | image, all_orientations (default true)                  -> [{score, filepath, metadata, url}]
+    POST /compare   url1 | image1, url2 | image2                                  -> [{score}]
+    DELETE /delete  filepath (form or query)                                      -> []
+    GET|POST /count, /list (offset, limit), /ping, /get (filepath)                -> see apis/search_routes.py
+
+This module reads the image-taking requests (in the HTTP process) and writes the envelopes; the work
+runs in apis/search.py's workers.
+"""
+
+import json
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+
+from apis.handoff import Blob
+from apis.request_body import Upload, image_bytes
+from errors import InputError
+
+# path -> the envelope's "method"; every path of match's API answers errors in the envelope too
+MATCH_METHODS = {"/add": "add", "/delete": "delete", "/search": "search", "/compare": "compare",
+                 "/count": "count", "/list": "list", "/ping": "ping", "/get": "get"}
+MAX_FILEPATH = 4096  # characters; the filepath is the caller's name for the image, not a file we open
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 1000
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def envelope(method: str, result: list, status: int = 200, errors: list | None = None, headers=None) -> JSONResponse:
+    body = {"status": "fail" if errors else "ok", "error": errors or [], "method": method, "result": result}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def fail(method: str, status: int, message: str, headers=None) -> JSONResponse:
+    return envelope(method, [], status, [message], headers)
+
+
+def image_url(sha256: str) -> str:
+    """Where the server serves a stored original (GET /images/{sha256})."""
+    return f"/images/{sha256}"
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    filepath: str
+    metadata: dict
+    image: Blob | None = None
+    method = "add"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    all_orientations: bool
+    image: Blob | None = None
+    method = "search"
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    image1: Blob | None = None
+    image2: Blob | None = None
+    method = "compare"
+
+
+# ---------------------------------------------------------------- reading fields (HTTP process)
+
+
+async def one_image(fields: dict, url_field: str, file_field: str, settings) -> bytes:
+    """The image in match's `url` (fetched) or `image` (a file, or base64 text) field: exactly one of them."""
+    given = [name for name in (url_field, file_field) if name in fields]
+    if not given:
+        raise InputError(400, f"missing image: send form field '{url_field}' (an http(s) URL) or file '{file_field}'")
+    if len(given) > 1:
+        raise InputError(400, f"send '{url_field}' or '{file_field}', not both")
+    return await image_bytes(fields, given[0], settings)
+
+
+def text_field(fields: dict, name: str, required: bool = False) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise InputError(400, f"missing field '{name}'")
+        return None
+    if not isinstance(value, str):
+        raise InputError(400, f"field '{name}' must be text, not {'a file' if isinstance(value, Upload) else type(value).__name__}")
+    return value
+
+
+def flag(fields: dict, name: str, default: bool) -> bool:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InputError(400, f"field '{name}' must be true or false, not {str(value)[:40]!r}")
+
+
+def integer(fields: dict, name: str, default: int) -> int:
+    value = fields.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InputError(400, f"field '{name}' must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(400, f"field '{name}' must be an integer, not {value[:40]!r}") from None
+
+
+def filepath_field(fields: dict) -> str:
+    path = text_field(fields, "filepath", required=True)
+    if not path.strip():
+        raise InputError(400, "field 'filepath' is empty")
+    if len(path) > MAX_FILEPATH:
+        raise InputError(400, f"field 'filepath' is {len(path)} characters; the limit is {MAX_FILEPATH}")
+    return path
+
+
+def metadata_field(fields: dict) -> dict:
+    raw = fields.get("metadata")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(400, f"field 'metadata' is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(400, f"field 'metadata' must be a JSON object, not {type(raw).__name__}")
+    return raw
+
+
+async def read_add(fields: dict, settings):
+    request = AddRequest(filepath_field(fields), metadata_field(fields))
+    return request, {"image": await one_image(fields, "url", "image", settings)}
+
+
+async def read_search(fields: dict, settings):
+    request = SearchRequest(flag(fields, "all_orientations", True))
+    return request, {"image": await one_image(fields, "url", "image", settings)}
+
+
+async def read_compare(fields: dict, settings):
+    first = await one_image(fields, "url1", "image1", settings)
+    return CompareRequest(), {"image1": first, "image2": await one_image(fields, "url2", "image2", settings)}
+
+
+def list_window(fields: dict) -> tuple[int, int]:
+    """match's offset and limit, clamped: offset >= 0, 0 <= limit <= LIST_LIMIT_MAX."""
+    offset = max(0, integer(fields, "offset", 0))
+    limit = min(max(0, integer(fields, "limit", LIST_LIMIT_DEFAULT)), LIST_LIMIT_MAX)
+    return offset, limit

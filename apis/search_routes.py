@@ -1,0 +1,177 @@
+"""The search capability's routes beside its LitAPI, answered in the HTTP process.
+
+- The LitAPI's POST route (/add) is registered again under /search, /compare and /find_similar/: one
+  queue and one pool of workers for every request that needs an image decoded or a model run.
+- Cheap reads and the delete need no model: GET|POST /count, /list, /ping, /get and DELETE /delete open
+  the same store here (one per HTTP process). GET /images/{sha256} serves a stored original.
+- GET / serves the web page (web/index.html, its assets under /static) when it exists.
+- Errors on match's paths answer in match's envelope, on /find_similar/ in PicTrace's {"error"} form,
+  whatever raised them: a missing field, a wrong method (405), a bad API key, a queue timeout.
+"""
+
+import re
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from apis.match import MATCH_METHODS, envelope, fail, image_url, list_window
+from apis.request_body import read_fields
+from apis.search import SEARCH_PATHS
+from apis.similar import SIMILAR_PATHS, similar_error
+from errors import InputError
+from store.base import StoreError
+from store.open import PerProcess
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def add_search_routes(app: FastAPI, settings, auth) -> None:
+    app.state.collection = PerProcess(settings)
+    _share_worker_route(app)
+    _add_store_routes(app, auth)
+    _add_image_route(app, auth)
+    _add_page(app)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+def _share_worker_route(app: FastAPI) -> None:
+    """Serve the LitAPI's route (LitServe registered it at /add) under the other paths it handles."""
+    route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == "/add")
+    for path in SEARCH_PATHS:
+        if path != "/add":
+            app.add_api_route(path, route.endpoint, methods=["POST"], dependencies=route.dependencies,
+                              include_in_schema=path != "/find_similar")
+
+
+# ---------------------------------------------------------------- store routes (no model needed)
+
+
+async def _fields(request: Request) -> dict:
+    """match's parameters: the query string, then the form (or JSON) fields of a request that has a body."""
+    fields = dict(request.query_params)
+    content_type = request.headers.get("content-type", "")
+    if request.method != "GET" and (content_type.startswith(_FORMS) or (await request.body()).strip()):
+        fields.update(await read_fields(request, raw_field="body"))
+    return fields
+
+
+def _store_route(app: FastAPI, path: str, methods: list[str], auth, work) -> None:
+    """`work(collection, fields) -> result list`, run in a thread (SQLite and Elasticsearch calls block)."""
+    method = MATCH_METHODS[path]
+
+    async def handler(request: Request):
+        try:
+            fields = await _fields(request)
+            collection = request.app.state.collection
+            result = await run_in_threadpool(lambda: work(collection.get(), fields))
+        except InputError as exc:
+            return fail(method, exc.status, exc.detail)
+        except StoreError as exc:
+            return fail(method, 503, str(exc))
+        return envelope(method, result)
+
+    handler.__name__ = f"match_{method}"
+    app.add_api_route(path, handler, methods=methods, dependencies=[Depends(auth)])
+
+
+def _filepath(fields: dict) -> str:
+    path = fields.get("filepath")
+    if not isinstance(path, str) or not path:
+        raise InputError(400, "missing field 'filepath' (form field or query parameter)")
+    return path
+
+
+def _get(collection, fields) -> list:
+    record = collection.store.get(_filepath(fields))
+    if record is None:
+        return []
+    return [{"filepath": record.path, "sha256": record.sha256, "metadata": record.metadata,
+             "url": image_url(record.sha256)}]
+
+
+def _delete(collection, fields) -> list:
+    collection.delete(_filepath(fields))  # match answers [] whether or not the path was indexed
+    return []
+
+
+def _add_store_routes(app: FastAPI, auth) -> None:
+    _store_route(app, "/ping", ["GET", "POST"], auth, lambda collection, fields: [])
+    _store_route(app, "/count", ["GET", "POST"], auth, lambda collection, fields: [collection.store.count()])
+    _store_route(app, "/list", ["GET", "POST"], auth,
+                 lambda collection, fields: collection.store.list_paths(*list_window(fields)))
+    _store_route(app, "/get", ["GET", "POST"], auth, _get)
+    _store_route(app, "/delete", ["DELETE"], auth, _delete)
+
+
+# ---------------------------------------------------------------- originals and the page
+
+
+def _media_type(path: Path) -> str:
+    """From the file's header alone (stored originals passed the decoder's format check on /add)."""
+    try:
+        with Image.open(path) as image:
+            return Image.MIME.get(image.format, "application/octet-stream")
+    except Exception:
+        return "application/octet-stream"
+
+
+def _add_image_route(app: FastAPI, auth) -> None:
+    def original(sha256: str, request: Request):
+        if not _SHA256.match(sha256):
+            return JSONResponse({"detail": "not a SHA-256: expected 64 lowercase hex digits"}, status_code=400)
+        path = request.app.state.collection.get().blobs.path(sha256)
+        if not path.is_file():
+            return JSONResponse({"detail": f"no stored image with sha256 {sha256}"}, status_code=404)
+        # content-addressed: the bytes behind this URL never change
+        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(path, media_type=_media_type(path), headers=headers)
+
+    app.add_api_route("/images/{sha256}", original, methods=["GET"], dependencies=[Depends(auth)])
+
+
+def _add_page(app: FastAPI) -> None:
+    """GET / is LitServe's "litserve running" until web/index.html exists; the page holds no data itself."""
+    app.router.routes[:] = [r for r in app.router.routes if not (isinstance(r, APIRoute) and r.path == "/")]
+
+    async def page():
+        index = WEB / "index.html"
+        if index.is_file():
+            return FileResponse(index, media_type="text/html")
+        return PlainTextResponse("litserve running")
+
+    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=WEB / "static", check_dir=False), name="static")
+
+
+# ---------------------------------------------------------------- errors in each API's own format
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    path, detail = request.url.path, str(exc.detail)
+    if path in MATCH_METHODS:
+        return fail(MATCH_METHODS[path], exc.status_code, detail, exc.headers)
+    if path in SIMILAR_PATHS:
+        return similar_error(exc.status_code, detail, exc.headers)
+    if exc.status_code == 404 and request.scope.get("route") is None:  # no such path: say so in both forms
+        return JSONResponse({"status": "fail", "error": [f"not found: {path}"], "method": "", "result": [],
+                             "detail": detail}, status_code=404)
+    return await http_exception_handler(request, exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError):
+    path = request.url.path
+    if path in MATCH_METHODS or path in SIMILAR_PATHS:
+        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return (fail(MATCH_METHODS[path], 400, message) if path in MATCH_METHODS else similar_error(422, message))
+    return await request_validation_exception_handler(request, exc)

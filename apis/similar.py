@@ -1,0 +1,68 @@
+"""PicTrace's POST /find_similar/: the indexed images most similar to a query image, by embedding.
+
+Input: multipart `file` (or an `image_url` to fetch), optional form fields `model` (default mobilenet_v2;
+one of SEARCH_MODELS, the embeddings /add computes) and `limit` (default 5, at most 100).
+Answer: {"filename", "model", "similar_images": [{"filepath", "filename", "similarity", "sha256", "metadata",
+"url"}], "total_indexed"}, best first; `similarity` is the cosine similarity (1.0 for the same picture),
+where PicTrace reported a distance under the name similarity_score. Errors are a 4xx (PicTrace answered
+200) with {"error": message, "detail": message}: PicTrace's key, and the one every other route uses.
+"""
+
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+
+from apis.handoff import Blob
+from apis.request_body import Upload, image_bytes
+from errors import InputError
+
+SIMILAR_PATHS = ("/find_similar/", "/find_similar")
+DEFAULT_MODEL = "mobilenet_v2"
+DEFAULT_LIMIT = 5
+MAX_LIMIT = 100
+
+
+def similar_error(status: int, message: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": message}, status_code=status, headers=headers)
+
+
+@dataclass(frozen=True)
+class SimilarRequest:
+    filename: str  # the upload's name, or the URL, echoed in the answer
+    model: str
+    limit: int
+    image: Blob | None = None
+    method = "find_similar"
+
+
+def basename(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _limit(value) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_LIMIT
+    try:
+        limit = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        limit = None
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
+        raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {str(value)[:40]!r}")
+    return limit
+
+
+async def read_similar(fields: dict, settings):
+    model = fields.get("model") or DEFAULT_MODEL
+    if model not in settings.search_models:
+        indexed = ", ".join(settings.search_models) or "none (SEARCH_MODELS=none)"
+        raise InputError(422, f"model {str(model)[:40]!r} is not indexed here; indexed models: {indexed}")
+    limit = _limit(fields.get("limit"))
+    given = [name for name in ("file", "image_url") if name in fields]
+    if not given:
+        raise InputError(400, "missing image: upload it as multipart field 'file', or send form field 'image_url'")
+    if len(given) > 1:
+        raise InputError(400, "send 'file' or 'image_url', not both")
+    value = fields[given[0]]
+    filename = value.filename if isinstance(value, Upload) else (value if given[0] == "image_url" else "")
+    data = await image_bytes(fields, given[0], settings)
+    return SimilarRequest(str(filename)[:1000], model, limit), {"image": data}

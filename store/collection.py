@@ -1,0 +1,62 @@
+"""The index and the original images together, kept consistent across threads and processes.
+
+Two rules: an acknowledged record always has its original (the blob is written, durably, before the
+record), and an original is deleted only when no record refers to its SHA-256 any more. Records share
+originals (same bytes under two paths), so "add the blob, then the record" in one process and "no record
+left, delete the blob" in another would race: the add could find the file still there, skip writing it,
+and then see it deleted. Both steps therefore run under a lock per SHA-256 (one of 256 lock files under
+`lock_dir`, by the first two hex digits; flock, so it holds between processes and between threads).
+"""
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from store.base import Record, Store
+from store.blobs import BlobStore
+
+
+class Collection:
+    def __init__(self, store: Store, blobs: BlobStore, lock_dir: str | os.PathLike):
+        self.store = store
+        self.blobs = blobs
+        self.lock_dir = Path(lock_dir)
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self, sha256: str):
+        with open(self.lock_dir / f"{sha256[:2]}.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def add(self, record: Record, data: bytes) -> None:
+        """Store the original, then the record (replacing the record of the same path). Durable on return.
+
+        The original of a replaced record is deleted when nothing else refers to it.
+        """
+        replaced = self.store.get(record.path)
+        with self._locked(record.sha256):
+            self.blobs.put(data)
+            self.store.add(record)
+        if replaced is not None and replaced.sha256 != record.sha256:
+            self._release(replaced.sha256)
+
+    def delete(self, path: str) -> bool:
+        """Delete the record of `path`, and its original unless another record has the same bytes."""
+        record = self.store.get(path)
+        deleted = self.store.delete(path)
+        if record is not None:
+            self._release(record.sha256)
+        return deleted
+
+    def _release(self, sha256: str) -> None:
+        with self._locked(sha256):
+            if not self.store.paths_with_sha256(sha256, limit=1):
+                self.blobs.delete(sha256)
+
+    def close(self) -> None:
+        self.store.close()
