@@ -1,61 +1,88 @@
 """The Elasticsearch backend of the image index (`Store`), with an explicit mapping.
 
+Construction (store/open.py builds it from the settings):
+
+    ElasticStore(url, index="images", *, refresh="wait_for", timeout=10.0, client=None, **client_options)
+
+    url      ELASTICSEARCH_URL, e.g. http://user:pass@es:9200 (credentials are used, never repeated in errors)
+    index    ELASTICSEARCH_INDEX, lowercase
+    refresh  ELASTICSEARCH_REFRESH: "wait_for" (default), "true" or "false" (any case), or a bool
+    timeout  ELASTICSEARCH_TIMEOUT: seconds per HTTP request, a number or a numeric string, > 0
+    client / client_options   an existing client to share (not closed by `close`), or extra keyword
+             arguments for the one the store builds (ca_certs, api_key, node_class, ...)
+
+Constructing does not connect: the index is checked/created lazily on first use (under a lock, retried
+after a failure), so the server can start while Elasticsearch is down and answer 503 until it is back;
+call `ensure_index()` at start-up to fail fast instead.
+
 One document per image, `_id` = SHA-1 of the path, so `add` of an existing path overwrites the document
-atomically (the seed "match" service phrase-matched an analysed `path` and deleted the hits first: racy,
-and `a/b.jpg` could match `a b.jpg`). The mapping is created when the index is missing and checked when
-it exists; a field with another type (for instance the seed's dynamic mapping: `path` as `text`) is a
-`StoreError` that names the field, never a silent mis-query. Top-level `"dynamic": "strict"`: a stray
-field is refused rather than guessed.
+atomically, and re-sending an add whose answer was lost is harmless (the seed "match" service
+phrase-matched an analysed `path` and deleted the hits first: racy, and `a/b.jpg` could match `a b.jpg`).
+The mapping is created when the index is missing and checked when it exists; a field with another type
+(for instance the seed's dynamic mapping: `path` as `text`) is a `StoreError` that names the field, never a
+silent mis-query. Top-level `"dynamic": "strict"`: a stray field is refused rather than guessed.
 
     path       keyword   unique; the `_id` is sha1(path) (paths can exceed the 512-byte `_id` limit)
     sha256     keyword
     metadata   object, "enabled": false - kept in `_source` verbatim, not indexed. The Store never queries
                metadata, and dynamic mapping of free JSON breaks on the first type clash
-               ({"iso": 100} then {"iso": "auto"} is a mapper_parsing_exception) and grows the mapping
-               without bound. `flattened` would make it searchable on Elasticsearch, but OpenSearch-style
-               servers (osmem, the test double) do not know that type.
-    signature  binary    the 648 int8 as base64 (864 characters): not indexed, no doc values, exact round
-               trip, about half the `_source` of a JSON array of 648 numbers; osmem and Elasticsearch both
-               map `binary`.
-    words      keyword   ONE multi-valued field holding "position:value" terms ("17:21523360"), instead of
-               the seed's 63 fields simple_word_0..62 (cf. image-match PR #83, "flat words"): one field in
-               the mapping instead of 63, one terms dictionary, and the query is one bool over one field.
-               Matching is unchanged: a term matches only the same value at the same position.
+               ({"iso": 100} then {"iso": "auto"} is a mapper_parsing_exception) and grows without bound.
+    signature  binary    the 648 int8 as base64: not indexed, exact round trip
+    words      keyword   ONE multi-valued field of "position:value" terms ("17:21523360") instead of the
+               seed's 63 fields simple_word_0..62 (cf. image-match PR #83): a term matches only the same
+               value at the same position, as before
     models     keyword   names of the models whose embeddings the document holds
     created    date (epoch_millis) set by the store on add; strictly increasing per store instance, so
                insertion order survives two adds within one millisecond (ties between processes: by path)
-    embedding_<model>  dense_vector, dims from the first vector, "index": true, "similarity": "cosine",
-               index_options left to Elasticsearch (int8/bbq-quantised HNSW on recent versions). Added with
-               a put-mapping the first time a model is seen; a vector of another length is a StoreError.
+    embedding_<model>  dense_vector, dims from the first vector, "index": true, "similarity": "cosine".
+               Put-mapped the first time a model is seen; a vector of another length is a StoreError.
                Model names outside [A-Za-z0-9_-] are sanitised and suffixed with a short hash.
 
-kNN: `nearest` runs the top-level `knn` search (k, num_candidates = max(100, 10 k), at most 10,000) on
-Elasticsearch 8+ and re-scores the k hits with exact float cosines from the stored vectors (the HNSW
-scores come from quantised vectors). On an OpenSearch-flavoured server (`version.distribution ==
-"opensearch"`; osmem, the in-memory test server, is one) vectors are mapped as `knn_vector` (dimension
-enforced, so add/get/dims checks behave the same) and `nearest` raises StoreError: there is no kNN there,
-and no exact fallback either (osmem's script_score takes no array parameters); run the real-cluster tests.
+kNN: `nearest` runs the top-level `knn` search (num_candidates = max(100, 10 k), at most 10,000) and
+re-scores the k hits with exact float cosines from the stored vectors (HNSW scores come from quantised
+vectors).
 
-Refresh policy: `add` and `delete` default to `refresh="wait_for"`: the call returns once the change is
-visible to search (`count`, `list_paths`, `candidates`, `nearest`), which is what an API that answers
-"indexed" must promise. The cost is latency, not load: the request waits for the next periodic refresh
-(`index.refresh_interval`, 1 s by default), so one add takes up to about a second and a single client
-adding one image at a time gets about one add per refresh interval (concurrent adds share the refresh).
-`refresh=True` ("true") forces a refresh per call (fast to return, costly for the cluster: many tiny
-segments); `refresh=False` ("false") returns at once and the document is searchable within the interval
-(`get` by id is realtime either way). For throughput use `add_many(records)`: `helpers.bulk` in chunks of
-500 with one refresh wait per chunk; for a large initial load, also construct the store with
-`refresh=False` and/or set the index's refresh_interval to -1 during the load, then back.
+Refresh (the `refresh` option, applied to add, add_many chunks and delete):
+    "wait_for"  the call returns once the change is visible to search (count, list_paths, candidates,
+                nearest): what an API that answers "indexed" must promise. It costs latency, not load:
+                the request waits for the next periodic refresh (index.refresh_interval, 1 s by default),
+                so one client adding one image at a time gets about one add per interval; concurrent adds
+                share the refresh. Never combine with refresh_interval -1: a wait_for request then waits
+                until the timeout and fails with StoreError although the document was indexed.
+    "true"      forces a refresh per call: visible on return and fast, but costly for the cluster (many
+                tiny segments); fine for tests and low write rates.
+    "false"     returns as soon as the write is durable in the translog; searchable within the interval.
+                For bulk loads (optionally with refresh_interval -1 during the load, then back).
+`get` reads by id and is realtime with every policy. An acknowledged write is durable either way: the
+policy only decides when searches see it.
+
+Bulk: `add_many(records, chunk_size=500)` sends bulk requests of `chunk_size` documents (or 100 MB),
+each with the refresh policy. Every item's answer is checked: items refused with 429 (the cluster's write
+queue is full) are re-sent up to twice (backing off 1 s, then 2 s); any other refused item is recorded and
+the remaining chunks are still sent, then one BulkAddError (a StoreError) lists how many were indexed and
+which paths failed, and why, so the caller can retry just those. Bulk is not a transaction: the items not
+listed are indexed. A transport failure stops the load (StoreError naming how many were indexed before it).
+
+Never a silent loss. Every call is one or more HTTP requests, each bounded by `timeout`; the store's own
+client retries a refused connection or a 429/502/503/504 answer once and never retries a timeout, so an
+unreachable or stalled cluster is a StoreError within about one timeout:
+    StoreError("Elasticsearch at URL is unreachable: ...")      refused, reset, timed out, DNS, TLS
+    StoreError("Elasticsearch at URL failed to ACTION: ...")     an error answer (status, type, reason)
+    StoreError("Elasticsearch at URL did not acknowledge ...")   a 2xx answer without the expected result
+URL is the configured URL without user:password. An add that raises may still have been applied (for
+instance a timeout after the node received it): the outcome is unknown, and re-sending it is safe.
+
+Real cluster versus osmem (the in-memory test server of tests/store_backends.py): osmem speaks the REST
+API (OpenSearch-flavoured, `version.distribution == "opensearch"`): indices, mappings, bulk, bool/term
+queries, counts, write blocks; every write is visible at once whatever the refresh policy. It has no
+Elasticsearch kNN: vectors are mapped as `knn_vector` there (dimension enforced, so add/get/dims checks
+behave the same) and `nearest` raises StoreError; tests/test_store_contract.py runs the kNN tests against
+a real cluster when ELASTICSEARCH_URL is set. On a real cluster refresh takes effect as described above,
+and a `path` keyword term longer than 32,766 UTF-8 bytes is refused (StoreError) where osmem takes it.
 
 Deep pages: `list_paths` uses from/size while offset + limit <= index.max_result_window (10,000 by
 default) and search_after on (created, path) beyond it, skipping `offset` documents in pages of 10,000
 sort keys (cost grows with the offset; fine for an admin listing, not for random deep access).
-
-Errors: every transport failure (refused, timeout, DNS, TLS) is StoreError("Elasticsearch at URL is
-unreachable: ..."), every error answer StoreError("Elasticsearch at URL failed to ...: status type:
-reason"); credentials in the URL are never repeated. The index is checked/created lazily on first use
-(under a lock, retried after a failure), so the server can start while Elasticsearch is down and answer
-503 until it is back; call `ensure_index()` at start-up to fail fast instead.
 
 Client compatibility: elasticsearch-py 9.x speaks `compatible-with=9` and so needs an Elasticsearch 9.x
 server; the server is checked to be 8.0 or later. On 9.1+ the store asks for vectors explicitly
@@ -73,7 +100,8 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from elastic_transport import TransportError
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, Elasticsearch, helpers
 
 from store.base import Neighbour, Record, Store, StoreError
@@ -81,6 +109,7 @@ from store.base import Neighbour, Record, Store, StoreError
 REFRESH_POLICIES = {"wait_for": "wait_for", "true": True, "false": False}
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window default; also the kNN num_candidates ceiling
 BULK_CHUNK = 500
+BULK_RETRIES, BULK_BACKOFF = 2, 1.0  # items refused with 429 are re-sent after 1 s, then 2 s
 EMBEDDING_PREFIX = "embedding_"
 
 BASE_PROPERTIES = {
@@ -119,16 +148,33 @@ def _words_from_terms(terms) -> np.ndarray:
 
 
 def _public_url(url: str) -> str:
-    """The URL without user:password, for error messages."""
+    """The URL without user:password, for error messages (an IPv6 [host] keeps its brackets)."""
     try:
         parts = urlsplit(url)
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = f"{host}:{parts.port}" if parts.port else host
-            return urlunsplit(parts._replace(netloc=netloc))
     except ValueError:
-        pass
+        return url.rpartition("@")[2]
+    if "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return url
+
+
+def _refresh_policy(refresh) -> str | bool:
+    """"wait_for" / "true" / "false" in any case, or a bool (ELASTICSEARCH_REFRESH)."""
+    key = str(refresh).strip().lower()
+    if key not in REFRESH_POLICIES:
+        raise ValueError(f"refresh={refresh!r}: expected wait_for, true or false")
+    return REFRESH_POLICIES[key]
+
+
+def _timeout_seconds(timeout) -> float:
+    """A positive number of seconds, from a number or a string (ELASTICSEARCH_TIMEOUT)."""
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"timeout={timeout!r}: expected a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"timeout={timeout!r}: expected a positive, finite number of seconds")
+    return seconds
 
 
 def _api_detail(exc: ApiError) -> str:
@@ -142,30 +188,40 @@ def _api_detail(exc: ApiError) -> str:
     return f"{exc.meta.status} {error or exc.message}"
 
 
+class BulkAddError(StoreError):
+    """Some records of an add_many were refused; the others are indexed (bulk is not a transaction)."""
+
+    def __init__(self, message: str, indexed: int, failed: dict[str, str]):
+        super().__init__(message)
+        self.indexed = indexed
+        self.failed = failed  # path -> "status type: reason"
+
+
 class ElasticStore(Store):
-    """Store on one Elasticsearch index. Thread-safe (the client pools connections)."""
+    """Store on one Elasticsearch index. Thread-safe: one client, whose connection pool the threads share."""
 
     def __init__(
         self,
         url: str,
         index: str = "images",
-        client: Elasticsearch | None = None,
+        *,
         refresh: str | bool = "wait_for",
-        timeout: float = 10,
+        timeout: float | str = 10.0,
+        client: Elasticsearch | None = None,
+        **client_options,
     ):
-        key = str(refresh).lower() if not isinstance(refresh, str) else refresh.lower()
-        if key not in REFRESH_POLICIES:
-            raise ValueError(f"refresh={refresh!r}: expected wait_for, true or false")
         if not index or index != index.lower():
             raise ValueError(f"index={index!r}: Elasticsearch index names are non-empty and lowercase")
         self.url = _public_url(url)
         self.index = index
-        self.refresh = REFRESH_POLICIES[key]
-        self.timeout = timeout
+        self.refresh = _refresh_policy(refresh)
+        self.timeout = _timeout_seconds(timeout)
         self._owns_client = client is None
+        # one retry of a refused connection or a 429/50x answer, none of a timeout: about one timeout
+        options = {"max_retries": 1, "retry_on_timeout": False, **client_options}
         try:
-            base = client if client is not None else Elasticsearch(url, max_retries=1, retry_on_timeout=False)
-            self._es = base.options(request_timeout=timeout)
+            base = client if client is not None else Elasticsearch(url, **options)
+            self._es = base.options(request_timeout=self.timeout)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"Elasticsearch at {self.url}: bad configuration: {exc}") from exc
         self._base_client = base
@@ -185,18 +241,30 @@ class ElasticStore(Store):
             yield
         except StoreError:
             raise
-        except TransportError as exc:
-            raise StoreError(f"Elasticsearch at {self.url} is unreachable: {exc}") from exc
+        except ConnectionTimeout as exc:
+            raise StoreError(
+                f"Elasticsearch at {self.url} is unreachable: no answer within {self.timeout:g} s "
+                f"(trying to {action}): {exc}"
+            ) from exc
+        except TransportConnectionError as exc:
+            raise StoreError(f"Elasticsearch at {self.url} is unreachable (trying to {action}): {exc}") from exc
+        except TransportError as exc:  # e.g. an answer that is not Elasticsearch JSON (a proxy's page)
+            raise StoreError(f"Elasticsearch at {self.url} failed to {action}: {exc}") from exc
         except ApiError as exc:
             if exc.meta.status == 404 and "index_not_found" in str(exc.body):
                 self._ready = False  # someone deleted the index: create it again on the next call
             raise StoreError(f"Elasticsearch at {self.url} failed to {action}: {_api_detail(exc)}") from exc
-        except helpers.BulkIndexError as exc:
-            first = exc.errors[0] if exc.errors else {}
+
+    def _acknowledged(self, response, action: str, results: tuple[str, ...]) -> str:
+        """The answer's `result`, or StoreError when it is not one of `results` or no shard took the write."""
+        body = response.body if isinstance(response.body, dict) else {}
+        result, shards = body.get("result"), body.get("_shards") or {}
+        if result not in results or ("successful" in shards and int(shards["successful"]) < 1):
             raise StoreError(
-                f"Elasticsearch at {self.url} failed to {action}: {len(exc.errors)} document(s) rejected, "
-                f"first: {first}"
-            ) from exc
+                f"Elasticsearch at {self.url} did not acknowledge the request to {action}: "
+                f"result={result!r}, _shards={shards}"
+            )
+        return result
 
     @property
     def knn_supported(self) -> bool:
@@ -387,30 +455,55 @@ class ElasticStore(Store):
         self._ensure_vector_fields([record])
         created = self._next_created()
         document = self._document(record, created)
-        with self._errors(f"index {record.path!r}"):
-            self._es.index(index=self.index, id=doc_id(record.path), document=document, refresh=self.refresh)
+        action = f"index {record.path!r}"
+        with self._errors(action):
+            response = self._es.index(index=self.index, id=doc_id(record.path), document=document, refresh=self.refresh)
+        self._acknowledged(response, action, ("created", "updated"))
         record.created = created / 1000.0
 
     def add_many(self, records, chunk_size: int = BULK_CHUNK) -> int:
-        """Bulk-index records (helpers.bulk, `chunk_size` per request, the store's refresh policy per chunk).
+        """Bulk-index records (`chunk_size` per request, the refresh policy per request); sets `created`.
 
-        Returns the number indexed; any rejected document is a StoreError naming the first failure (the
-        others in the batch may be indexed: bulk is not a transaction).
+        Returns the number indexed, which is all of them: a refused item (after the 429 re-sends) is a
+        BulkAddError naming the failed paths once every chunk was sent; a transport failure, a StoreError.
         """
         records = list(records)
         if not records:
             return 0
         self.ensure_index()
         self._ensure_vector_fields(records)
-        actions = []
+        actions, paths = [], {}
         for record in records:
             created = self._next_created()
+            paths[doc_id(record.path)] = record.path
             actions.append(
                 {"_index": self.index, "_id": doc_id(record.path), "_source": self._document(record, created)}
             )
             record.created = created / 1000.0
-        with self._errors(f"bulk-index {len(records)} records"):
-            indexed, _ = helpers.bulk(self._es, actions, chunk_size=chunk_size, refresh=self.refresh)
+        indexed, failed = 0, {}
+        try:
+            with self._errors(f"bulk-index {len(records)} records"):
+                for ok, item in helpers.streaming_bulk(
+                    self._es, actions, chunk_size=chunk_size, refresh=self.refresh, raise_on_error=False,
+                    max_retries=BULK_RETRIES, initial_backoff=BULK_BACKOFF,
+                ):
+                    info = next(iter(item.values()))
+                    if ok:
+                        indexed += 1
+                        continue
+                    error = info.get("error") or {}
+                    if isinstance(error, dict):
+                        error = f"{error.get('type')}: {error.get('reason')}"
+                    failed[paths.get(info.get("_id"), info.get("_id"))] = f"{info.get('status')} {error}"
+        except StoreError as exc:  # the load stopped: say how far it got
+            raise StoreError(f"{exc} ({indexed} of {len(records)} records had been indexed)") from exc
+        if failed:
+            shown = "; ".join(f"{path!r}: {why}" for path, why in list(failed.items())[:3])
+            raise BulkAddError(
+                f"Elasticsearch at {self.url} refused {len(failed)} of {len(records)} records "
+                f"({indexed} indexed): {shown}" + (" ..." if len(failed) > 3 else ""),
+                indexed, failed,
+            )
         return indexed
 
     def get(self, path: str) -> Record | None:
@@ -435,7 +528,7 @@ class ElasticStore(Store):
             )
             if response.meta.status == 404 and "error" in response.body:
                 raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
-        return response.body.get("result") == "deleted"
+        return self._acknowledged(response, f"delete {path!r}", ("deleted", "not_found")) == "deleted"
 
     def count(self) -> int:
         self.ensure_index()
