@@ -126,6 +126,12 @@ def pretrained_source(settings, name: str) -> tuple[str, dict]:
     for folder in (Path(name), model_dir(settings) / "huggingface" / name):
         if (folder / "config.json").is_file():
             return str(folder), {"local_files_only": True}
+    # a path (absolute, ./, ~/ or an existing folder) is never a hub repo id: say what is wrong with it
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.is_dir():
+        if not path.is_dir():
+            raise ModelUnavailable(f"folder {path} not found")
+        raise ModelUnavailable(f"folder {path} has no config.json (expected a transformers save_pretrained folder)")
     kwargs = {"cache_dir": str(model_dir(settings) / "hub-cache"), "local_files_only": not settings.allow_downloads}
     return name, kwargs
 

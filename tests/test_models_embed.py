@@ -176,6 +176,13 @@ def test_dino_missing_weights(base_settings):
         DinoEmbedder(replace(base_settings, dino_model="facebook/no-such-dinov2")).load("cpu")
 
 
+def test_dino_folder_that_does_not_exist_is_named_as_a_missing_folder(base_settings, tmp_path):
+    with pytest.raises(ModelUnavailable, match=f"folder {tmp_path / 'nope'} not found"):
+        DinoEmbedder(replace(base_settings, dino_model=str(tmp_path / "nope"))).load("cpu")
+    with pytest.raises(ModelUnavailable, match="has no config.json"):
+        DinoEmbedder(replace(base_settings, dino_model=str(tmp_path))).load("cpu")
+
+
 # ---------------------------------------------------------------- MobileNetV2 (real ImageNet weights)
 
 
