@@ -9,10 +9,7 @@ import asyncio
 import datetime
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -22,7 +19,7 @@ import torch
 from PIL import Image
 
 from bench import loadgen
-from bench.stats import HOST, ROOT, free_port, machine
+from bench.serve import HOST, ROOT, free_port, machine, running_server
 from settings import load_settings
 from tests import photos
 
@@ -103,39 +100,10 @@ def server_env(port: int, model_dir: Path, **extra) -> dict:
 
 
 @contextmanager
-def server(env: dict, timeout: float = 300.0):
-    """server.py in its own process group (LitServe forks workers), stopped as a group at the end."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{env['PORT']}/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:  # not listening yet
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"server.py did not become healthy:\n{log.read()[-3000:].decode()}")
-            time.sleep(0.5)
+def server(env: dict):
+    """server.py with `env`, yielding its port once healthy (bench/serve.py)."""
+    with running_server(env, timeout=300.0):
         yield int(env["PORT"])
-    finally:
-        # SIGINT, as Ctrl-C: server.py's own shutdown runs (workers stopped, its /dev/shm folder removed).
-        # SIGTERM kills the main process without it, leaking that folder and, under load, orphaning the
-        # HTTP process. Then SIGKILL whatever of the group is left.
-        try:
-            os.kill(proc.pid, signal.SIGINT)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
 
 
 def model_stats(port: int) -> dict:
@@ -180,6 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="EMBED_MAX_BATCH_SIZE values")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="WORKERS_PER_DEVICE values for /embed (TORCH_THREADS left at its default: cores / workers)")
     parser.add_argument("--analyze-batches", type=int, nargs="+", default=[1, 8], help="ANALYZE_MAX_BATCH_SIZE values")
     parser.add_argument("--analyze-concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, nargs=2, default=(16, 96), metavar=("C1", "CN"),
@@ -211,18 +181,20 @@ def main() -> None:
     print(header.format("img"))
     embed = []
     for model in args.models:
-        for b in args.batches:
-            env = server_env(free_port(), model_dir, CAPABILITIES="embed", ACCELERATOR=args.accelerator,
-                             EMBED_MAX_BATCH_SIZE=b, EMBED_BATCH_TIMEOUT=BATCH_TIMEOUT)
-            with server(env) as port:
-                requests = [loadgen.multipart_form_request(HOST, port, "/embed", {"model": model, "normalize": "false"},
-                                                           "image_file", n, d) for n, d in corpus.items()]
-                check(port, requests[0], [model], lambda a: a.get("dim") == DIMS[model])
-                asyncio.run(loadgen.run(HOST, port, requests, max(args.concurrency), args.warmup))
-                for c in args.concurrency:
-                    row = {"model": model, "max_batch": b, **measure(port, requests, c, count(args, c), [model])}
-                    embed.append(row)
-                    print_row(f"{model} b={b}", row, str(row["mean_batch"][model]))
+        for w in args.workers:
+            for b in args.batches:
+                env = server_env(free_port(), model_dir, CAPABILITIES="embed", ACCELERATOR=args.accelerator,
+                                 EMBED_MAX_BATCH_SIZE=b, EMBED_BATCH_TIMEOUT=BATCH_TIMEOUT, WORKERS_PER_DEVICE=w)
+                with server(env) as port:
+                    requests = [loadgen.multipart_form_request(HOST, port, "/embed", {"model": model, "normalize": "false"},
+                                                               "image_file", n, d) for n, d in corpus.items()]
+                    check(port, requests[0], [model], lambda a: a.get("dim") == DIMS[model])
+                    asyncio.run(loadgen.run(HOST, port, requests, max(args.concurrency), args.warmup))
+                    for c in args.concurrency:
+                        row = {"model": model, "max_batch": b, "workers": w,
+                               **measure(port, requests, c, count(args, c), [model])}
+                        embed.append(row)
+                        print_row(f"{model} b={b} w={w}", row, str(row["mean_batch"][model]))
 
     analyze = []
     if not args.skip_analyze:
@@ -254,19 +226,21 @@ def main() -> None:
         best = max(rows, key=lambda r: r["rps"])
         alone_b = max(alone[model], key=alone[model].get)
         share = best["rps"] / alone[model][alone_b]
-        summary[model] = {"best_server_batch": best["max_batch"], "best_server_rps": best["rps"],
+        summary[model] = {"best_server_batch": best["max_batch"], "best_server_workers": best["workers"],
+                          "best_server_rps": best["rps"],
                           "best_model_only_batch": alone_b, "best_model_only_ips": alone[model][alone_b],
                           "server_vs_model_only": share}
         # the max batch size that gave the most images/s at each concurrency: what a default should follow
         by_c = {c: max((r for r in embed if r["model"] == model and r["concurrency"] == c), key=lambda r: r["rps"])
                 for c in args.concurrency}
-        summary[model]["best_batch_by_concurrency"] = {c: r["max_batch"] for c, r in by_c.items()}
+        summary[model]["best_batch_by_concurrency"] = {c: [r["max_batch"], r["workers"]] for c, r in by_c.items()}
         ok = "ok" if share >= GOAL_VS_MODEL else "BELOW GOAL"
-        print(f"  {model}: /embed {best['rps']:.1f} images/s (b={best['max_batch']}) = {share:.0%} of the model alone "
+        print(f"  {model}: /embed {best['rps']:.1f} images/s (b={best['max_batch']} w={best['workers']}) = {share:.0%} of the model alone "
               f"{alone[model][alone_b]:.1f} (batch {alone_b}) (goal >= {GOAL_VS_MODEL:.0%}: {ok})\n"
               f"    best EMBED_MAX_BATCH_SIZE by concurrency: "
-              + ", ".join(f"c={c}: b={r['max_batch']} ({r['rps']:.1f}/s)" for c, r in by_c.items()))
-    rps = {(r["model"], r["max_batch"]): r["rps"] for r in embed if r["concurrency"] == top}
+              + ", ".join(f"c={c}: b={r['max_batch']} w={r['workers']} ({r['rps']:.1f}/s)" for c, r in by_c.items()))
+    # batching gain with one worker, as the goal is stated (the same worker count on both sides)
+    rps = {(r["model"], r["max_batch"]): r["rps"] for r in embed if r["concurrency"] == top and r["workers"] == min(args.workers)}
     batched = [b for b in args.batches if b > 1 and ("clip_vit_b_32", b) in rps]
     if ("clip_vit_b_32", 1) in rps and batched:
         b = max(batched, key=lambda b: rps["clip_vit_b_32", b])

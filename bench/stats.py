@@ -10,44 +10,23 @@ import io
 import json
 import math
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import PIL
 import psutil
 from PIL import Image
 
 from bench import baseline_stats, loadgen
+from bench.serve import HOST, ROOT, free_port, machine, running_server
 from settings import VARIABLES
 from tests import photos
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"  # loopback: measures the server, not a network
 WORKERS = (1, 2)
 CONCURRENCY = (1, 4, 16)
 SEED_RPS = {1: 3.2, 2: 6.2}  # the seed's published figures on this machine (rps, c=16)
 GOAL_VS_SEED, GOAL_LATENCY_VS_FLOOR = 20.0, 1.5
-
-
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    meminfo = Path("/proc/meminfo").read_text().split() if Path("/proc/meminfo").exists() else ["", "0"]
-    return {
-        "cores": os.cpu_count(), "cpu": model, "memory_gib": round(int(meminfo[1]) / 1024**2, 1),
-        "python": platform.python_version(), "pillow": PIL.__version__, "numpy": np.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def floor_ms(corpus: dict[str, bytes], repeats: int) -> dict[str, float]:
@@ -73,12 +52,6 @@ def floor_ms(corpus: dict[str, bytes], repeats: int) -> dict[str, float]:
     return {name: seconds / repeats * 1000 for name, seconds in total.items()}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def server_env(workers: int, port: int) -> dict:
     """The caller's environment (so a setting can be benchmarked), with what the bench relies on fixed."""
     env = dict(os.environ, PORT=str(port), HOST=HOST, WORKERS_PER_DEVICE=str(workers), LOG_LEVEL="WARNING",
@@ -87,36 +60,8 @@ def server_env(workers: int, port: int) -> dict:
     return env
 
 
-@contextmanager
-def server(workers: int, port: int, timeout: float = 180.0):
-    """server.py in its own process group (LitServe forks workers), stopped as a group at the end."""
-    env = server_env(workers, port)
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:  # not listening yet
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"server.py (workers={workers}) did not become healthy:\n{log.read()[-3000:].decode()}")
-            time.sleep(0.25)
-        yield proc
-    finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):  # gone, or try again with SIGKILL
-                continue
-        log.close()
+def server(workers: int, port: int):
+    return running_server(server_env(workers, port), timeout=180.0)
 
 
 def cpu_seconds(pid: int) -> float:
