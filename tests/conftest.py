@@ -84,8 +84,8 @@ class ServerProcess:
             self.process.wait(timeout=10)
 
 
-def start_server(log_dir: Path, name: str, **overrides) -> ServerProcess:
-    """Start `server.py` on a free loopback port and wait until GET /health answers "ok"."""
+def start_server(log_dir: Path, name: str, script: str = "server.py", **overrides) -> ServerProcess:
+    """Start `server.py` (or a test launcher of it) on a free loopback port; wait until GET /health answers "ok"."""
     port = free_port()
     # the /stats tests need no models: CAPABILITIES=stats unless a test asks for more; never download
     defaults = {"CAPABILITIES": "stats", "ALLOW_DOWNLOADS": "false"}
@@ -93,7 +93,7 @@ def start_server(log_dir: Path, name: str, **overrides) -> ServerProcess:
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, script], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
