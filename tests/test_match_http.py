@@ -221,6 +221,19 @@ def test_delete_removes_the_record_and_its_original_once_no_record_shares_it(mat
     assert ok(httpx.delete(f"{match_server}/delete", params={"filepath": f"{tag}/b.png"}, timeout=30), "delete") == []
 
 
+def test_find_similar_searches_what_add_indexed_or_says_the_backend_cannot(match_server, request):
+    path = f"similar/{uuid.uuid4().hex}/coffee.png"
+    ok(add(match_server, path, "coffee"), "add")
+    response = httpx.post(f"{match_server}/find_similar/", files={"file": ("q.png", photos.read("coffee"))},
+                          data={"limit": "1"}, timeout=120)
+    if request.node.callspec.params["match_server"] == "sqlite":
+        assert response.status_code == 200, response.text
+        [top] = response.json()["similar_images"]
+        assert top["sha256"] == sha("coffee") and top["similarity"] > 0.999
+    else:  # osmem speaks OpenSearch's API: no Elasticsearch kNN, and the answer says so
+        assert response.status_code == 503 and "kNN" in response.json()["error"]
+
+
 # ---------------------------------------------------------------- bad input
 
 
