@@ -29,6 +29,7 @@ MATCH_METHODS = {"/add": "add", "/delete": "delete", "/search": "search", "/comp
 MAX_FILEPATH = 4096  # characters; the filepath is the caller's name for the image, not a file we open
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 1000
+MAX_OFFSET = 2**62  # beyond any index, inside SQLite's 64-bit integers
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -122,6 +123,10 @@ def filepath_field(fields: dict) -> str:
         raise InputError(400, "field 'filepath' is empty")
     if len(path) > MAX_FILEPATH:
         raise InputError(400, f"field 'filepath' is {len(path)} characters; the limit is {MAX_FILEPATH}")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(400, "field 'filepath' is not valid UTF-8 text") from None
     return path
 
 
@@ -131,12 +136,20 @@ def metadata_field(fields: dict) -> dict:
         return {}
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = json.loads(raw, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise InputError(400, f"field 'metadata' is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise InputError(400, f"field 'metadata' must be a JSON object, not {type(raw).__name__}")
+    try:  # what the stores will write: strict JSON (no NaN), valid UTF-8 (no lone surrogates)
+        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise InputError(400, f"field 'metadata' cannot be stored: {exc}") from None
     return raw
+
+
+def _no_constant(name: str):
+    raise InputError(400, f"field 'metadata' is not valid JSON ({name} is not a JSON number)")
 
 
 async def read_add(fields: dict, settings):
@@ -156,6 +169,6 @@ async def read_compare(fields: dict, settings):
 
 def list_window(fields: dict) -> tuple[int, int]:
     """match's offset and limit, clamped: offset >= 0, 0 <= limit <= LIST_LIMIT_MAX."""
-    offset = max(0, integer(fields, "offset", 0))
+    offset = min(max(0, integer(fields, "offset", 0)), MAX_OFFSET)
     limit = min(max(0, integer(fields, "limit", LIST_LIMIT_DEFAULT)), LIST_LIMIT_MAX)
     return offset, limit

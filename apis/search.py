@@ -36,6 +36,7 @@ READERS = {
     "/find_similar": ("file", read_similar),
 }
 SEARCH_PATHS = tuple(READERS)
+SearchOp = AddRequest | SearchRequest | CompareRequest | SimilarRequest
 CANDIDATES = 100  # match's size: signature candidates read from the index per orientation
 
 
@@ -88,7 +89,7 @@ class SearchAPI(ImageAPI):
 
     # ---------------------------------------------------------------- per request, in the worker
 
-    def decode_request(self, request: Annotated[AddRequest, Depends(read_search_request)], context):
+    def decode_request(self, request: Annotated[SearchOp, Depends(read_search_request)], context):
         context["method"] = request.method  # encode_response answers in this method's format
         needed = self._models_needed(request)
         missing = [m for m in needed if m not in self.models]

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from store.base import Record, Store
+from store.base import Record, Store, StoreError
 from store.blobs import BlobStore
 
 
@@ -40,8 +40,17 @@ class Collection:
         """
         replaced = self.store.get(record.path)
         with self._locked(record.sha256):
-            self.blobs.put(data)
-            self.store.add(record)
+            existed = self.blobs.path(record.sha256).exists()
+            self._blob_io("store", self.blobs.put, data)
+            try:
+                self.store.add(record)
+            except BaseException:
+                if not existed:  # leave no orphan behind a refused add (best effort: the index may be down)
+                    try:
+                        self._drop_if_unreferenced(record.sha256)
+                    except StoreError:
+                        pass
+                raise
         if replaced is not None and replaced.sha256 != record.sha256:
             self._release(replaced.sha256)
 
@@ -55,8 +64,18 @@ class Collection:
 
     def _release(self, sha256: str) -> None:
         with self._locked(sha256):
-            if not self.store.paths_with_sha256(sha256, limit=1):
-                self.blobs.delete(sha256)
+            self._drop_if_unreferenced(sha256)
+
+    def _drop_if_unreferenced(self, sha256: str) -> None:
+        """Under the sha256's lock: delete the original when no record refers to it."""
+        if not self.store.paths_with_sha256(sha256, limit=1):
+            self._blob_io("delete", self.blobs.delete, sha256)
+
+    def _blob_io(self, action: str, fn, arg):
+        try:
+            return fn(arg)
+        except OSError as exc:  # disk full, permissions: the server's trouble, answered 503 like the index's
+            raise StoreError(f"original images in {self.blobs.root}: could not {action} one: {exc}") from exc
 
     def close(self) -> None:
         self.store.close()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from settings import VARIABLES
 from tests import photos
-from tests.conftest import ROOT, free_port, server_env, start_server
+from tests.conftest import API_KEY, ROOT, free_port, server_env, start_server
 
 ENVELOPE_KEYS = {"status", "error", "method", "result"}
 
@@ -109,20 +109,33 @@ def test_ping_count_and_list_answer_get_and_post(match_server):
     assert len(ok(httpx.post(f"{match_server}/list", data={"limit": "1"}, timeout=30), "list")) == 1
 
 
-def test_add_by_url_fetches_the_image(tmp_path_factory, server_logs, photo_server):
-    """`url` instead of a file: fetched by the server (here from a loopback photo server it may reach)."""
-    server = start_server(server_logs, "match-url", CAPABILITIES="search", SEARCH_MODELS="none",
+def test_add_by_url_fetches_the_image_and_every_data_route_needs_the_api_key(
+    tmp_path_factory, server_logs, photo_server
+):
+    """`url` instead of a file: fetched by the server (here from a loopback photo server it may reach).
+    With API_KEY set, every route but the page asks for X-API-Key, and says so in its own format."""
+    server = start_server(server_logs, "match-url", CAPABILITIES="search", SEARCH_MODELS="none", API_KEY=API_KEY,
                           DATA_DIR=tmp_path_factory.mktemp("match-url"), FETCH_ALLOW_NETWORKS="127.0.0.1/32")
+    key = {"X-API-Key": API_KEY}
     try:
         url = f"{photo_server.url}/photo/flower"
-        assert ok(httpx.post(f"{server.url}/add", data={"url": url, "filepath": "flower.jpg"}, timeout=60), "add") == []
-        [record] = ok(httpx.get(f"{server.url}/get", params={"filepath": "flower.jpg"}, timeout=30), "get")
+        added = httpx.post(f"{server.url}/add", data={"url": url, "filepath": "flower.jpg"}, headers=key, timeout=60)
+        assert ok(added, "add") == []
+        [record] = ok(httpx.get(f"{server.url}/get", params={"filepath": "flower.jpg"}, headers=key, timeout=30), "get")
         assert record["sha256"] == sha("flower")
-        [hit] = ok(httpx.post(f"{server.url}/search", data={"url": url}, timeout=60), "search")
+        [hit] = ok(httpx.post(f"{server.url}/search", data={"url": url}, headers=key, timeout=60), "search")
         assert hit["filepath"] == "flower.jpg" and hit["score"] == 100.0
         error = failed(httpx.post(f"{server.url}/add", data={"url": f"{photo_server.url}/text", "filepath": "t"},
-                                  timeout=60), "add", 415)
+                                  headers=key, timeout=60), "add", 415)
         assert "not an image" in error
+
+        for method, path in [("POST", "/add"), ("POST", "/search"), ("GET", "/count"), ("GET", "/list"),
+                             ("GET", "/ping"), ("DELETE", "/delete")]:
+            assert "X-API-Key" in failed(httpx.request(method, f"{server.url}{path}", timeout=30), path[1:], 401)
+        assert httpx.get(f"{server.url}{record['url']}", timeout=30).status_code == 401
+        assert httpx.get(f"{server.url}{record['url']}", headers=key, timeout=30).content == photos.read("flower")
+        assert httpx.post(f"{server.url}/find_similar/", timeout=30).json()["error"] == "missing or wrong X-API-Key header"
+        assert httpx.get(f"{server.url}/", timeout=30).status_code == 200  # the page holds no data
     finally:
         server.stop()
 
@@ -246,6 +259,8 @@ def test_bad_inputs_answer_4xx_envelopes_and_the_server_keeps_answering(match_se
          "add", 400, "metadata"),
         (httpx.post(f"{match_server}/add", files=chelsea, data={"filepath": "x", "metadata": "[1, 2]"}, timeout=30),
          "add", 400, "JSON object"),
+        (httpx.post(f"{match_server}/add", files=chelsea, data={"filepath": "x", "metadata": '{"v": NaN}'}, timeout=30),
+         "add", 400, "NaN"),
         (httpx.post(f"{match_server}/add", files={"image": ("t.txt", b"plain text, not a picture" * 10)},
                     data={"filepath": "x"}, timeout=30), "add", 415, "not an image"),
         (httpx.post(f"{match_server}/add", files={"image": ("e.png", b"")}, data={"filepath": "x"}, timeout=30),
