@@ -3,6 +3,7 @@
 Elasticsearch (osmem-server, the in-memory stand-in; tests/osmem_server_main.py); then durability across a
 kill -9, an unreachable cluster (503 naming it, recovery when it comes back) and start-up errors."""
 
+import asyncio
 import hashlib
 import io
 import os
@@ -245,6 +246,29 @@ def test_find_similar_searches_what_add_indexed_or_says_the_backend_cannot(match
         assert top["sha256"] == sha("coffee") and top["similarity"] > 0.999
     else:  # osmem speaks OpenSearch's API: no Elasticsearch kNN, and the answer says so
         assert response.status_code == 503 and "kNN" in response.json()["error"]
+
+
+def test_concurrent_adds_and_searches_are_all_answered_and_all_stored(match_server):
+    """Requests that arrive together share a worker batch (one embedding forward); each keeps its own answer."""
+    before = count(match_server)
+    tag = uuid.uuid4().hex
+    names = ["chelsea", "coffee", "astronaut", "rocket"] * 2
+
+    async def run():
+        async with httpx.AsyncClient(timeout=120) as client:
+            adds = [client.post(f"{match_server}/add", files={"image": (f"{n}.png", photos.read(n))},
+                                data={"filepath": f"{tag}/{i}-{n}"}) for i, n in enumerate(names)]
+            bad = client.post(f"{match_server}/add", files={"image": ("x.png", b"not an image at all" * 8)},
+                              data={"filepath": f"{tag}/bad"})
+            return await asyncio.gather(*adds, bad)
+
+    *answers, bad = asyncio.run(run())
+    assert all(ok(answer, "add") == [] for answer in answers)
+    failed(bad, "add", 415)  # its batch neighbours were not failed with it
+    assert count(match_server) == before + len(names)
+    found = ok(httpx.post(f"{match_server}/search", files={"image": ("r.jpg", photos.read("rocket"))}, timeout=60),
+               "search")
+    assert {f"{tag}/3-rocket", f"{tag}/7-rocket"} <= {hit["filepath"] for hit in found}
 
 
 # ---------------------------------------------------------------- bad input
