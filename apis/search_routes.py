@@ -82,7 +82,8 @@ def _store_route(app: FastAPI, path: str, methods: list[str], auth, work) -> Non
         return envelope(method, result)
 
     handler.__name__ = f"match_{method}"
-    app.add_api_route(path, handler, methods=methods, dependencies=[Depends(auth)])
+    for verb in methods:  # one route per method: FastAPI would give a two-method route one operation id twice
+        app.add_api_route(path, handler, methods=[verb], dependencies=[Depends(auth)])
 
 
 def _filepath(fields: dict) -> str:
