@@ -102,6 +102,7 @@ def test_add_then_count_list_get_and_the_served_original(match_server):
 
 
 def test_ping_count_and_list_answer_get_and_post(match_server):
+    ok(add(match_server, f"any/{uuid.uuid4().hex}.png"), "add")
     for method in ("GET", "POST"):
         assert ok(httpx.request(method, f"{match_server}/ping", timeout=30), "ping") == []
         assert isinstance(ok(httpx.request(method, f"{match_server}/count", timeout=30), "count")[0], int)
