@@ -8,20 +8,28 @@
     python client.py embed photo.jpg --model mobilenet_v2 --normalize
     python client.py caption-folder photos/ --max-length 40
     python client.py train-classifier --collection-id 7 --positives yes/ --negatives no/
+    python client.py index photos/ --prefix holiday --metadata '{"album": "2024"}' --concurrency 4
+    python client.py search photo.jpg [--no-orientations]      # near-duplicates by signature (/search)
+    python client.py search photo.jpg --similar --limit 10     # similar images by embedding (/find_similar/)
+    python client.py compare a.jpg b.jpg
+    python client.py remove holiday/beach/1.jpg
 
 Prints the server's JSON on stdout (pipe it to jq); on any error prints one line on stderr and exits 1.
 The server address comes from --url, else IMAGESERVER_URL, else http://127.0.0.1:$PORT (8010).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import httpx
 
-COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier")
+COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier", "index", "search", "compare", "remove")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
 
 
@@ -52,7 +60,12 @@ def answer(response: httpx.Response) -> dict:
     except ValueError:
         body = None
     if response.status_code >= 400:
-        detail = body.get("detail") if isinstance(body, dict) else response.text[:200]
+        # the shared layer answers {"detail"}, PicTrace's routes {"error", "detail"} (often the same text)
+        if isinstance(body, dict):
+            parts = [str(body[k]) for k in ("error", "detail") if body.get(k)]
+            detail = ": ".join(dict.fromkeys(parts)) or json.dumps(body)
+        else:
+            detail = response.text[:200]
         raise ClientError(f"HTTP {response.status_code}: {detail}")
     if body is None:
         raise ClientError(f"HTTP {response.status_code}: the answer is not JSON")
@@ -164,6 +177,167 @@ def cmd_train_classifier(client: httpx.Client, args) -> dict:
     return {"collection_id": args.collection_id, "model_file": str(path), "report": report}
 
 
+# ---------------------------------------------------------------- the image index (match and PicTrace routes)
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def image_form(sources: list[tuple[str, str, str]]) -> tuple[dict, dict]:
+    """[(source, file_field, url_field)] -> (files, data): local files are uploaded, URLs go as form
+    fields for the server to fetch (match's routes take form fields, not JSON)."""
+    files, data = {}, {}
+    for source, file_field, url_field in sources:
+        if is_url(source):
+            data[url_field] = source
+            continue
+        file = Path(source).expanduser()
+        if not file.is_file():
+            raise ClientError(f"{source}: no such file")
+        files[file_field] = (file.name, file.read_bytes())
+    return files, data
+
+
+def match_answer(response: httpx.Response) -> dict:
+    """match's envelope {status, error, method, result}: anything but "ok" is an error naming the server's reasons."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "status" in body and "result" in body:
+        if body["status"] != "ok" or response.status_code >= 400:
+            reasons = "; ".join(str(e) for e in body.get("error") or []) or "status " + str(body["status"])
+            raise ClientError(f"HTTP {response.status_code}: {reasons}")
+        return body
+    return answer(response)  # not an envelope (401, 413 from the shared layer): {"detail"}
+
+
+def cmd_search(client: httpx.Client, args) -> dict:
+    if args.similar:
+        files, data = image_form([(args.image, "file", "image_url")])
+        data |= {k: str(v) for k, v in (("limit", args.limit), ("model", args.model)) if v is not None}
+        return answer(client.post("/find_similar/", files=files, data=data))
+    files, data = image_form([(args.image, "image", "url")])
+    data["all_orientations"] = "false" if args.no_orientations else "true"
+    body = match_answer(client.post("/search", files=files, data=data))
+    if args.limit is not None:  # /search has no limit of its own: keep the best ones here
+        body["result"] = body["result"][: args.limit]
+    return body
+
+
+def cmd_compare(client: httpx.Client, args) -> dict:
+    files, data = image_form([(args.first, "image1", "url1"), (args.second, "image2", "url2")])
+    return match_answer(client.post("/compare", files=files, data=data))
+
+
+def cmd_remove(client: httpx.Client, args) -> dict:
+    return match_answer(client.request("DELETE", "/delete", data={"filepath": args.filepath}))
+
+
+def sniff_image(file: Path) -> bool:
+    """True when the first bytes are those of a format the server reads (JPEG and MPO, PNG, GIF, WebP, BMP,
+    TIFF): the name alone would index a text file called x.jpg and miss a photo saved without a suffix."""
+    with file.open("rb") as handle:
+        head = handle.read(18)
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    # "BM" alone starts too many text files: also ask for a known DIB header size
+    return head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every regular file under folder, sorted, skipping hidden files and folders (.git, .thumbnails, ...)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+    return [f for f in found if f.is_file()]
+
+
+def metadata_from_flags(values: list[str]) -> dict:
+    merged = {}
+    for text in values or []:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ClientError(f"--metadata {text!r}: not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ClientError(f"--metadata {text!r}: expected a JSON object")
+        merged.update(value)
+    return merged
+
+
+def index_one(client: httpx.Client, file: Path, filepath: str, metadata: dict, force: bool) -> str:
+    """Add one file unless the index already holds the same bytes (and metadata) under filepath."""
+    if not sniff_image(file):
+        return "ignored"
+    data = file.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if not force:
+        found = match_answer(client.get("/get", params={"filepath": filepath}))["result"]
+        stored = found[0] if found else None
+        if stored and stored.get("sha256") == sha and all(
+            (stored.get("metadata") or {}).get(k) == v for k, v in metadata.items()
+        ):
+            return "skipped"
+    form = {"filepath": filepath, "metadata": json.dumps(metadata)}
+    match_answer(client.post("/add", files={"image": (file.name, data)}, data=form))
+    return "added"
+
+
+def cmd_index(client: httpx.Client, args) -> dict:
+    """Add every image under a folder; a second run skips what is already indexed, so a stopped run resumes."""
+    from tqdm import tqdm
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        raise ClientError(f"{args.folder}: not a folder")
+    if args.concurrency < 1:
+        raise ClientError("--concurrency must be at least 1")
+    metadata = metadata_from_flags(args.metadata)
+    match_answer(client.get("/ping"))  # an unreachable server or a wrong key is one error, not N failures
+    prefix = args.prefix.strip("/") + "/" if args.prefix and args.prefix.strip("/") else ""
+    files = walk_files(folder)
+    counts = {"added": 0, "skipped": 0, "ignored": 0}
+    failed: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def work(file: Path) -> None:
+        filepath = prefix + file.relative_to(folder).as_posix()
+        try:
+            outcome = index_one(client, file, filepath, metadata, args.force)
+        except (ClientError, OSError, httpx.HTTPError) as exc:
+            with lock:
+                failed[filepath] = str(exc) or type(exc).__name__
+        else:
+            with lock:
+                counts[outcome] += 1
+
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    interrupted = False
+    try:
+        with tqdm(total=len(files), desc="indexing", unit="file", file=sys.stderr) as bar:
+            for _ in as_completed([pool.submit(work, f) for f in files]):
+                bar.update()
+                bar.set_postfix(counts | {"failed": len(failed)}, refresh=False)
+    except KeyboardInterrupt:  # Ctrl+C: the requests in flight finish, nothing new starts
+        interrupted = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    with lock:
+        summary = {**counts, "failed": dict(sorted(failed.items()))}
+    if interrupted or failed:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if interrupted:
+        raise ClientError("interrupted: what is added stays; the same command again skips it and goes on")
+    if failed:
+        raise ClientError(f"{len(failed)} of {len(files) - counts['ignored']} images failed (see above)")
+    return summary
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description="Client for the image server", epilog="Default command: stats")
     top.add_argument("--url", default=default_url(), help="server address (IMAGESERVER_URL)")
@@ -204,6 +378,33 @@ def parser() -> argparse.ArgumentParser:
     trainer.add_argument("--classifier-dir", default=os.environ.get("CLASSIFIER_DIR") or str(
         Path(os.environ.get("MODEL_DIR", Path.home() / ".cache" / "imageserver" / "models")) / "classifiers"))
     trainer.set_defaults(run=cmd_train_classifier)
+
+    index = commands.add_parser("index", help="add every image under a folder to the index (resumable)")
+    index.add_argument("folder")
+    index.add_argument("--prefix", default="", help="filepath = PREFIX/path relative to the folder")
+    index.add_argument("--metadata", action="append", metavar="JSON", help="a JSON object stored with every image "
+                       "(repeatable, merged left to right)")
+    index.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    index.add_argument("--force", action="store_true", help="add again even when the same bytes are indexed")
+    index.set_defaults(run=cmd_index)
+
+    search = commands.add_parser("search", help="near-duplicates by signature (/search), or --similar by embedding")
+    search.add_argument("image", help="a file path or an http(s) URL")
+    search.add_argument("--no-orientations", action="store_true",
+                        help="match the image as it is, not turned or mirrored")
+    search.add_argument("--similar", action="store_true", help="similar images by embedding (/find_similar/)")
+    search.add_argument("--limit", type=int, help="at most this many matches")
+    search.add_argument("--model", help="with --similar: the embedding model (the server's default otherwise)")
+    search.set_defaults(run=cmd_search)
+
+    compare = commands.add_parser("compare", help="signature similarity of two images (0-100)")
+    compare.add_argument("first", help="a file path or an http(s) URL")
+    compare.add_argument("second", help="a file path or an http(s) URL")
+    compare.set_defaults(run=cmd_compare)
+
+    remove = commands.add_parser("remove", help="delete an image from the index by its filepath")
+    remove.add_argument("filepath", help="the filepath it was indexed under")
+    remove.set_defaults(run=cmd_remove)
     return top
 
 
