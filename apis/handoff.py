@@ -16,6 +16,28 @@ from dataclasses import dataclass
 from errors import InputError
 
 
+PREFIX = "imageserver-"
+
+
+def sweep_orphans(base: str) -> list[str]:
+    """Remove hand-off folders (imageserver-<pid>-*) of this user whose server process is gone."""
+    removed = []
+    for entry in os.scandir(base):
+        pid = entry.name[len(PREFIX):].split("-", 1)[0] if entry.name.startswith(PREFIX) else ""
+        if not pid.isdigit() or not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid was reused: then the folder waits for a later sweep)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
 @dataclass(frozen=True)
 class Blob:
     path: str
@@ -30,11 +52,17 @@ class Blob:
 
 
 class Handoff:
-    """A private folder in /dev/shm (or the temp dir) holding the bodies of requests in flight."""
+    """A private folder in /dev/shm (or the temp dir) holding the bodies of requests in flight.
+
+    Its name carries the server's pid: a server killed with SIGKILL (or by the OOM killer) cannot
+    remove its folder, and /dev/shm is memory, so the next server to start removes the folders of
+    servers that no longer run.
+    """
 
     def __init__(self):
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.directory = tempfile.mkdtemp(prefix="imageserver-", dir=base)
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        sweep_orphans(base)
+        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
 
     def put(self, data: bytes) -> Blob:
         path = os.path.join(self.directory, uuid.uuid4().hex)
