@@ -12,6 +12,7 @@ from apis.analyze import AnalyzeAPI
 from apis.body_limit import BodyLimitMiddleware
 from apis.embed import EmbedAPI
 from apis.handoff import Handoff
+from apis.match import MATCH_METHODS
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.search import SearchAPI
 from apis.search_routes import add_search_routes
@@ -53,7 +54,7 @@ def build_server(settings: Settings) -> ls.LitServer:
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
         middlewares=[
-            (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes}),
+            (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes, "envelopes": MATCH_METHODS}),
             (PathAliasMiddleware, {"aliases": ALIASES}),
         ],
     )

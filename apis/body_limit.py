@@ -6,21 +6,23 @@ import json
 class BodyLimitMiddleware:
     """Pure ASGI: answers 413 from Content-Length at once, or stops reading a longer streamed body."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, envelopes: dict[str, str] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.envelopes = envelopes or {}  # path -> method: match's paths answer in match's envelope
 
-    def _message(self, size: str) -> bytes:
-        return json.dumps(
-            {"detail": f"the request body is {size} bytes; the limit is {self.max_bytes} (MAX_UPLOAD_BYTES)"}
-        ).encode()
+    def _message(self, size: str, path: str = "") -> bytes:
+        text = f"the request body is {size} bytes; the limit is {self.max_bytes} (MAX_UPLOAD_BYTES)"
+        if path in self.envelopes:
+            return json.dumps({"status": "fail", "error": [text], "method": self.envelopes[path], "result": []}).encode()
+        return json.dumps({"detail": text}).encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send, self._message(declared.decode()))
+            return await self._reject(send, self._message(declared.decode(), scope["path"]))
         seen = 0
         rejected = False
 
@@ -36,11 +38,11 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._reject(send, self._message(f"over {self.max_bytes}"))
+            await self._reject(send, self._message(f"over {self.max_bytes}", scope["path"]))
         except Exception:
             if not rejected:
                 raise
-            await self._reject(send, self._message(f"over {self.max_bytes}"))
+            await self._reject(send, self._message(f"over {self.max_bytes}", scope["path"]))
 
     @staticmethod
     async def _reject(send, body: bytes):

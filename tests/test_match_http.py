@@ -18,7 +18,7 @@ from PIL import Image
 
 from settings import VARIABLES
 from tests import photos
-from tests.conftest import API_KEY, ROOT, free_port, server_env, start_server
+from tests.conftest import API_KEY, MAX_UPLOAD_BYTES, ROOT, free_port, server_env, start_server
 
 ENVELOPE_KEYS = {"status", "error", "method", "result"}
 
@@ -67,7 +67,8 @@ def count(url) -> int:
 @pytest.fixture(scope="module", params=["sqlite", "elasticsearch"])
 def match_server(request, tmp_path_factory, server_logs):
     data_dir = tmp_path_factory.mktemp(f"match-{request.param}")
-    env = {"CAPABILITIES": "search", "DATA_DIR": data_dir, "SEARCH_MAX_BATCH_SIZE": 4, "SEARCH_BATCH_TIMEOUT": 0.05}
+    env = {"CAPABILITIES": "search", "DATA_DIR": data_dir, "SEARCH_MAX_BATCH_SIZE": 4, "SEARCH_BATCH_TIMEOUT": 0.05,
+           "MAX_UPLOAD_BYTES": MAX_UPLOAD_BYTES}
     if request.param == "sqlite":
         server = start_server(server_logs, "match-sqlite", **env)
     else:
@@ -304,6 +305,9 @@ def test_bad_inputs_answer_4xx_envelopes_and_the_server_keeps_answering(match_se
         (httpx.delete(f"{match_server}/delete", timeout=30), "delete", 400, "filepath"),
         (httpx.get(f"{match_server}/list", params={"limit": "1.5"}, timeout=30), "list", 400, "limit"),
         (httpx.get(f"{match_server}/get", timeout=30), "get", 400, "filepath"),
+        # refused by the body-size guard before any route runs, still in match's envelope
+        (httpx.post(f"{match_server}/add", content=b"\xff" * (MAX_UPLOAD_BYTES + 1), headers={"Content-Type": "image/jpeg"},
+                    timeout=30), "add", 413, "MAX_UPLOAD_BYTES"),
     ]
     for response, method, status, words in cases:
         assert words in failed(response, method, status), (method, status, response.text)
