@@ -168,6 +168,21 @@ def test_delete(store, real):
     assert "photos/chelsea.jpg" not in [r.path for r in store.candidates(real["chelsea"][2])]
 
 
+def test_paths_with_sha256_follow_adds_overwrites_and_deletes(store, real):
+    """What decides whether a shared original may be deleted: every path still holding those bytes."""
+    chelsea = real["chelsea"][0]
+    store.add(record(real, "chelsea", path="a/chelsea.jpg"))
+    store.add(record(real, "chelsea", path="b/chelsea-copy.jpg"))
+    store.add(record(real, "coffee"))
+    assert sorted(store.paths_with_sha256(chelsea)) == ["a/chelsea.jpg", "b/chelsea-copy.jpg"]
+    assert len(store.paths_with_sha256(chelsea, limit=1)) == 1
+    store.add(record(real, "coffee", path="a/chelsea.jpg"))  # overwritten with other bytes
+    assert store.paths_with_sha256(chelsea) == ["b/chelsea-copy.jpg"]
+    store.delete("b/chelsea-copy.jpg")
+    assert store.paths_with_sha256(chelsea) == []
+    assert sorted(store.paths_with_sha256(real["coffee"][0])) == ["a/chelsea.jpg", "photos/coffee.jpg"]
+
+
 def test_count_and_list_paths(store, real):
     assert store.count() == 0 and store.list_paths() == []
     paths = [f"photos/{name}.jpg" for name in NAMES]  # not alphabetical: the order is insertion order
