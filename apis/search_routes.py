@@ -9,13 +9,14 @@
   whatever raised them: a missing field, a wrong method (405), a bad API key, a queue timeout.
 """
 
+import io
 import re
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -27,6 +28,7 @@ from apis.request_body import read_fields
 from apis.search import SEARCH_PATHS
 from apis.similar import SIMILAR_PATHS, similar_error
 from errors import InputError
+from images.decode import DecodeLimits, decode_image
 from store.base import StoreError
 from store.open import PerProcess
 
@@ -127,16 +129,41 @@ def _media_type(path: Path) -> str:
         return "application/octet-stream"
 
 
+THUMBNAIL_SIDES = (16, 1024)  # ?size= bounds: a grid needs ~256 px, never the 12-megapixel original
+
+
+def _thumbnail(path: Path, side: int, settings) -> Response:
+    """The stored original reduced to `side` px at most (JPEG draft decoding), as JPEG, or PNG with alpha."""
+    limits = DecodeLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.image_formats)
+    image = decode_image(path.read_bytes(), limits, max_side=side).image
+    out = io.BytesIO()
+    if image.mode in ("RGBA", "LA", "PA"):
+        image.save(out, format="PNG")
+        return Response(out.getvalue(), media_type="image/png", headers=_IMMUTABLE)
+    image.convert("RGB").save(out, format="JPEG", quality=85)
+    return Response(out.getvalue(), media_type="image/jpeg", headers=_IMMUTABLE)
+
+
+# content-addressed: the bytes behind an /images URL never change
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+
+
 def _add_image_route(app: FastAPI, auth) -> None:
-    def original(sha256: str, request: Request):
+    def original(sha256: str, request: Request, size: str | None = None):
         if not _SHA256.match(sha256):
             return JSONResponse({"detail": "not a SHA-256: expected 64 lowercase hex digits"}, status_code=400)
+        if size is not None and not (size.isdigit() and THUMBNAIL_SIDES[0] <= int(size) <= THUMBNAIL_SIDES[1]):
+            return JSONResponse({"detail": f"size must be an integer from {THUMBNAIL_SIDES[0]} to {THUMBNAIL_SIDES[1]}"},
+                                status_code=400)
         path = request.app.state.collection.get().blobs.path(sha256)
         if not path.is_file():
             return JSONResponse({"detail": f"no stored image with sha256 {sha256}"}, status_code=404)
-        # content-addressed: the bytes behind this URL never change
-        headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
-        return FileResponse(path, media_type=_media_type(path), headers=headers)
+        if size is not None:
+            try:
+                return _thumbnail(path, int(size), request.app.state.settings)
+            except InputError as exc:  # stored before a limit was lowered, say
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return FileResponse(path, media_type=_media_type(path), headers=_IMMUTABLE)
 
     app.add_api_route("/images/{sha256}", original, methods=["GET"], dependencies=[Depends(auth)])
 

@@ -321,6 +321,19 @@ def test_bad_inputs_answer_4xx_envelopes_and_the_server_keeps_answering(match_se
     assert count(match_server) == before + 1
 
 
+def test_served_original_reduced_on_request_for_previews(match_server):
+    path = f"previews/{uuid.uuid4().hex}/astronaut.png"
+    ok(add(match_server, path, name="astronaut"), "add")
+    url = f"{match_server}/images/{sha('astronaut')}"
+    small = httpx.get(url, params={"size": 128}, timeout=30)
+    assert small.status_code == 200 and small.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(small.content)).size == (128, 128)  # astronaut is 512x512
+    assert "immutable" in small.headers["cache-control"]
+    for bad in ("0", "15", "1025", "big", "-5"):
+        response = httpx.get(url, params={"size": bad}, timeout=30)
+        assert response.status_code == 400 and "size" in response.json()["detail"], bad
+
+
 # ---------------------------------------------------------------- durability and the backends' failures
 
 

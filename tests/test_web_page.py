@@ -101,9 +101,11 @@ def test_chosen_photo_that_is_indexed_comes_first_with_its_thumbnail_and_similar
     assert match.locator(".similarity").inner_text() == "similarity 1.000"
     assert match.locator(".filename").inner_text() == "coffee.png"
     assert_thumbnail_loaded(page, match)
-    # the thumbnail is the stored original the server serves
-    src = match.locator("img").get_attribute("src")
-    assert httpx.get(httpx.URL(page_server).join(src)).content == photos.read("coffee")
+    # the preview is the stored original reduced by the server (coffee is 600x400); the link is the original
+    image = match.locator("img")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [256, 171]
+    href = match.locator("a").first.get_attribute("href")
+    assert httpx.get(httpx.URL(page_server).join(href)).content == photos.read("coffee")
     assert f"of {len(INDEXED)} indexed images" in page.inner_text("#status")
     assert page.locator("#results li.match").count() == len(INDEXED)
     assert page.is_hidden("#error") and page.script_errors == []

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const fileInput = $("file"), drop = $("drop"), keyInput = $("api-key");
 const KEY_STORE = "pictrace-api-key";
+const THUMBNAIL_SIZE = 256;  // px, longest side of each match's preview (GET /images/{sha256}?size=)
 let latest = 0;  // a newer search wins: answers of older ones are dropped
 let objectUrls = [];  // blob: URLs of the last grid, released when it is replaced
 
@@ -116,7 +117,7 @@ function card(match) {
     img.alt = name;
     img.loading = "lazy";
     img.addEventListener("error", () => { img.classList.add("broken"); img.alt = "preview unavailable"; });
-    thumbnail(img, match.url);
+    thumbnail(img, `${match.url}?size=${THUMBNAIL_SIZE}`);  // the server reduces it; the link keeps the original
     link.append(img);
   } else {
     const none = document.createElement("span");
