@@ -3,6 +3,11 @@
 What match (image_match's server) does, without its Elasticsearch driver: a 648-value int8 signature
 per image (9x9 grid, 8 neighbours, 5 levels), 63 overlapping 16-value "simple words" per signature for
 the first-pass lookup, then the exact normalised distance on the candidates with a cutoff of 0.45.
+
+Stored signatures are always image_match's own. Only the query side adds something (`query_signatures`):
+images with a pure black or white border (renders on a transparent-turned-black background, product
+shots on white, letterboxed frames) lose their crop window to lossy compression, so such a query is also
+signed in the crop window of its clipped grey levels, which is where the clean original's window lies.
 """
 
 import numpy as np
@@ -55,6 +60,67 @@ def orientations(image: Image.Image) -> list[np.ndarray]:
     return [_sign_array(a) for a in dihedral(grey)]
 
 
+# grey levels this close to 0 or 1 count as pure black or white when a query's crop window is recomputed.
+# Just above JPEG q20's ringing in dice_rgba's black field (p99 0.093 = 24/255). A sweep of 8..32/255 over
+# q10-95 (4:2:0 and 4:4:4) kept its worst copy at 0.24 from 28 up (0.33-0.38 below); at 28 no variant of
+# the 35 test images or of their copies comes closer than 0.52 to a distinct image (the plain signatures'
+# closest distinct pair is at 0.508).
+NOISE_FLOOR = 28 / 255
+
+
+def query_signatures(image: Image.Image, all_orientations: bool = True) -> list[np.ndarray]:
+    """What `search` looks up: the signatures of the image's views (8 orientations, as `orientations`, or
+    the image alone), then, for each view whose crop window moves when near-black and near-white are
+    clipped to pure black and white, that view signed once more in the clipped window.
+
+    Why: image_match crops to the 5-95% percentiles of cumulative grey differences. A stored image with
+    an exactly flat black (or white) border has zero differences there, so its window starts where the
+    content starts; a JPEG copy has ringing in that border, the percentiles land inside the border and
+    every grid point moves (dice_rgba: 0.52 from its own q20 copy, over the 0.45 cutoff). Clipping
+    restores the flat border for the window only; the grid means still come from the query's own pixels.
+    Only a query with a near-black or near-white outer row or column (a flat border's outer line)
+    is checked, so ordinary photos pay a few comparisons of their edge pixels.
+    """
+    grey = ImageSignature.preprocess_image(np.asarray(image.convert("RGB")))  # image_match's own rgb2gray
+    views = dihedral(grey) if all_orientations else [grey]
+    windows = [_window(v) for v in views]
+    sigs = [_sign_in_window(v, w) for v, w in zip(views, windows)]
+    if not _has_flat_border(grey):
+        return sigs
+    clipped = np.where(grey < NOISE_FLOOR, 0.0, np.where(grey > 1 - NOISE_FLOOR, 1.0, grey))
+    clipped_views = dihedral(clipped) if all_orientations else [clipped]
+    moved = [_window(clipped_views[0])]
+    if moved[0] == windows[0]:
+        # the identity's 4 limits see all 4 borders: a photo whose window clipping does not move (retina,
+        # a black-edged fundus photo) skips the other 7 crop steps
+        return sigs
+    moved += [_window(v) for v in clipped_views[1:]]
+    variants = [_sign_in_window(v, m) for v, w, m in zip(views, windows, moved) if m != w]
+    return sigs + [v for v in variants if not any(np.array_equal(v, s) for s in sigs)]
+
+
+def _has_flat_border(grey: np.ndarray) -> bool:
+    """An outer row or column all near-black or all near-white: a flat border's line that noise left clean."""
+    lines = (grey[0], grey[-1], grey[:, 0], grey[:, -1])
+    return any((line < NOISE_FLOOR).all() or (line > 1 - NOISE_FLOOR).all() for line in lines)
+
+
+def _window(grey: np.ndarray) -> list[tuple[int, int]]:
+    """image_match's step 2a, with the signer's parameters, as plain ints for comparing."""
+    limits = _GIS.crop_image(grey, lower_percentile=_GIS.lower_percentile,
+                             upper_percentile=_GIS.upper_percentile, fix_ratio=_GIS.fix_ratio)
+    return [(int(a), int(b)) for a, b in limits]
+
+
+def _sign_in_window(grey: np.ndarray, window) -> np.ndarray:
+    """image_match's generate_signature steps 2b-5 in a given window (bit for bit: tested)."""
+    x, y = _GIS.compute_grid_points(grey, n=_GIS.n, window=window)
+    means = _GIS.compute_mean_level(grey, x, y, P=_GIS.P)
+    diffs = _GIS.compute_differentials(means, diagonal_neighbors=_GIS.diagonal_neighbors)
+    _GIS.normalize_and_threshold(diffs, identical_tolerance=_GIS.identical_tolerance, n_levels=_GIS.n_levels)
+    return np.ravel(diffs).astype(np.int8)
+
+
 def dihedral(array: np.ndarray) -> list[np.ndarray]:
     """The 8 transforms of an image array (rows, columns first), in `orientations` order."""
     rotated = [np.rot90(array, k) for k in range(4)]
@@ -104,6 +170,6 @@ def search_signatures(store, signatures: list[np.ndarray], limit: int = 100) -> 
 
 def search(store, image: Image.Image, all_orientations: bool = True, limit: int = 100) -> list[tuple]:
     """Records whose signature is within CUTOFF of `image` (or, with all_orientations, of any of its 8
-    rotations and mirror images), as [(Record, distance)] sorted by distance, best first."""
-    sigs = orientations(image) if all_orientations else [signature(image)]
-    return search_signatures(store, sigs, limit)
+    rotations and mirror images, and of their clipped-window variants: `query_signatures`), as
+    [(Record, distance)] sorted by distance, best first."""
+    return search_signatures(store, query_signatures(image, all_orientations), limit)
