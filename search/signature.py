@@ -156,6 +156,15 @@ def score(d: float) -> float:
 def search_signatures(store, signatures: list[np.ndarray], limit: int = 100) -> list[tuple]:
     """[(Record, distance)] under CUTOFF, one per path (its best distance over `signatures`), best first."""
     best: dict[str, tuple] = {}
+    nearest = getattr(store, "nearest_signatures", None)
+    if nearest is not None:
+        # the embedded store indexes the signatures themselves (store/vectors.py): nearest by distance, which
+        # also finds matches sharing no word, faster than the word lookup (bench/README.md, Search benchmark)
+        for found in nearest(signatures, limit, CUTOFF):
+            for record, d in found:
+                if record.path not in best or d < best[record.path][1]:
+                    best[record.path] = (record, d)
+        return sorted(best.values(), key=lambda pair: (pair[1], pair[0].path))
     for sig in signatures:
         found = store.candidates(words(sig), limit)
         if not found:

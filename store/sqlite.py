@@ -29,20 +29,38 @@ The cap bounds the worst case (63 words x WORD_CAP postings at most, whatever th
 of low-feature images, whose only words are the popular ones: skipped words cannot vote, and the 5 of 200
 lost above are all low-feature. Without a cap a low-feature query reads hundreds of thousands of postings.
 
-nearest(): exact brute force in numpy over the model's L2-normalised float32 vectors, loaded from SQLite
-on first use and caught up from SQLite before every query (ids above the last one seen, plus the `removed`
-log), so it always agrees with SQLite: after a crash, after a reopen, and when another process (another
-server worker) writes to the same file. Measured at 100k x 1280 (12k real MobileNetV2 embeddings of random
-crops plus mixtures of them; 300 held-out queries; recall@10 against exact):
-  numpy brute force, in RAM or memory-mapped .npy: p50 19.6 / 20.2 ms, recall 1.0, no build; 21 ms
-      through nearest() with the catch-up and row fetch; first use loads 100k vectors from SQLite in 1.6 s
-  faiss HNSW32 (efSearch 64):  p50 0.37 ms, recall@10 0.925, build 16.4 s, no deletion
-  faiss IVF1024 (nprobe 16):   p50 0.84 ms, recall@10 0.958, build 9.0 s (k-means training)
-  faiss IndexFlatIP (exact):   p50 34.6 ms; numpy float16: 606 ms (no BLAS)
-Brute force is chosen: at this scale 20 ms is the order of the embedding forward itself, answers are
-exact, deletes are O(1), and there is no second persistent structure to keep consistent. It is linear
-(extrapolated: about 200 ms, 5 GiB and a 16 s first load per model at 1M vectors); past a few hundred
-thousand vectors, an IVF index trained from these same vectors (measured above) is the next step.
+nearest() and nearest_signatures(): store/vectors.py. Each model's embeddings, and the signatures, have an
+index that agrees with SQLite (caught up before every query from ids above the last one seen plus the
+`removed` log: after a crash, a reopen, and writes by other processes). Up to 20,000 vectors it is exact
+brute force in memory; past that, a snapshot on disk (IVF over PCA-reduced vectors, memory-mapped, so
+every server worker shares its pages) plus the exact in-memory tail of newer records; candidates are
+scored exactly (cosine from SQLite's vectors; image_match's distance from the signatures), so only
+recall is approximate. search_signatures uses nearest_signatures instead of the word lookup here: the
+word lookup cannot see a match that shares no word (or only popular ones), nor does it stay fast at 1M.
+Measured by bench/search.py (bench/README.md, "Search benchmark"; 2-core AMD EPYC, no GPU, load 0.7-1.5),
+records made from real photo crops perturbed to reach the count, top-1 against an exact scan in the same run:
+                        10k          100k          1M
+  one signature p50   0.86 ms      0.82 ms      1.71 ms  (p99 2.6 ms; same top-1 250/250 at every size)
+    word lookup p50   2.12 ms      3.00 ms      6.63 ms  (same top-1 247, 244, 240 of 250)
+    exact scan p50    0.8 ms       10.1 ms       124 ms  (numpy, float32 matrix in memory)
+  8 orientations p50  3.85 ms      4.91 ms      9.13 ms  (p99 18 ms; same top-1 150, 149, 150 of 150)
+  embedding k=10 p50  1.74 ms      3.16 ms      6.57 ms  (p99 43 ms at 1M, SQLite reads; recall@10 1.000)
+    brute force p50   1.6 ms       16.1 ms       163 ms
+The 149/150: a match at distance 0.4495 (cutoff 0.45) whose IVF list ranks 84th of 632 for the query.
+Snapshot builds at 1M: embeddings 33 s (PCA 256 of 1280, 2000 lists, probe 32, re-rank 256 from SQLite),
+signatures 13 s (PCA 48 of 648, 2000 lists, probe 64, re-rank 256); 1.8 GB on disk. Per worker process at
+1M: 47 MiB private memory in all (8 MiB for both indexes), against 5 GiB and a 16 s load (extrapolated) for
+the exact in-memory index this replaced; open and first query 0.05 s. The tail costs up to about 20,000 x
+7.7 KB (embedding and signature) privately per process until the background merge folds it into a new
+snapshot.
+Earlier, at 100k x 1280: faiss HNSW32 p50 0.37 ms but recall@10 0.925 and no deletion; faiss IVF1024
+(nprobe 16) 0.84 ms, recall@10 0.958. The numpy IVF here is slower per probe but needs no new dependency,
+keeps its files memory-mapped and shared, and follows SQLite's removed log across processes.
+
+bulk_load(): one transaction for an import, postings inserted sorted by key at the end (each page of the
+posting B-tree written once). 1M records (signature, words, one 1280-d embedding each) in 445 s, 100k in
+55 s, 7.7 GB file at 1M; `add` one at a time (a durable transaction each) runs at 707 / 486 / 329 records/s
+at 10k / 100k / 1M.
 """
 
 import json
@@ -55,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from store.base import Neighbour, Record, Store, StoreError
+from store.vectors import SIGNATURES, VectorIndex, VectorParams, embeddings
 
 SIGNATURE_LENGTH = 648
 WORD_COUNT = 63
@@ -62,6 +81,9 @@ FILENAME = "index.sqlite3"
 # a (position, word) pair shared by more records than this says nothing about similarity (the
 # all-zero word of featureless borders, say): candidates() skips it rather than read its posting list
 WORD_CAP = 2000
+# the signature index: 48 PCA dimensions of the unit-length signatures rank the candidates, which are then
+# scored exactly; 64 of about 2 sqrt(n) lists probed (see the measurements above)
+SIGNATURE_VECTORS = VectorParams(reduced_dim=48, nprobe=64, rerank=256)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -103,7 +125,8 @@ class SQLiteStore(Store):
     embeddings (`get` has them). Malformed records (signature not 648 values, words not 63, a zero or
     non-finite embedding, a new dimension under a known model) raise ValueError and store nothing."""
 
-    def __init__(self, data_dir, synchronous: str = "FULL", word_cap: int = WORD_CAP):
+    def __init__(self, data_dir, synchronous: str = "FULL", word_cap: int = WORD_CAP,
+                 vectors: VectorParams = VectorParams(), signature_vectors: VectorParams = SIGNATURE_VECTORS):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous={synchronous!r}: expected FULL, NORMAL or EXTRA")
         self.data_dir = Path(data_dir)
@@ -115,7 +138,8 @@ class SQLiteStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time in this process: no SQLITE_BUSY churn
-        self._vectors: dict[str, _VectorIndex] = {}
+        self.vector_params, self.signature_params = vectors, signature_vectors
+        self._vectors: dict[str | None, VectorIndex] = {}  # model -> index; None: the signatures
         self._vectors_lock = threading.Lock()
         self._closed = False
         with self._errors("open"):
@@ -135,13 +159,17 @@ class SQLiteStore(Store):
             raise StoreError(f"SQLite index {self.path}: the store is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            # isolation_level=None: no implicit transactions; every write names its own BEGIN IMMEDIATE
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = self._open()
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every write names its own BEGIN IMMEDIATE
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
     @contextmanager
@@ -166,6 +194,8 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._closed = True
+        for index in list(self._vectors.values()):  # a snapshot build in the background stops first
+            index.close()
         with self._connections_lock:
             for conn in self._connections:
                 try:
@@ -202,6 +232,73 @@ class SQLiteStore(Store):
                 "INSERT INTO embeddings (record_id, model, vector) VALUES (?, ?, ?)",
                 [(record_id, model, v.tobytes()) for model, v in vectors.items()],
             )
+
+    def bulk_load(self, records, cache_mib: int = 512) -> int:
+        """Add many records (an iterable) in ONE transaction, all or none, replacing by path like `add`;
+        returns how many were added. For imports: `add` inserts 63 postings per record at random places in
+        the posting B-tree, so at a million records each commit rewrites most of its pages; here the
+        postings are held back and inserted at the end sorted by key, which writes each page once. The
+        write lock is held throughout, so other writers wait (up to busy_timeout, 30 s, then fail)."""
+        added, slot_of_path = 0, {}
+        ids, words, dropped = [], [], []
+        dims: dict[str, int] = {}
+        with self._page_cache(cache_mib), self._write("bulk_load") as conn:
+            for record in records:
+                signature, record_words = _check_signature(record.signature), _check_words(record.words)
+                metadata = json.dumps(record.metadata or {}, ensure_ascii=False, allow_nan=False)
+                vectors = {model: _normalised(model, v) for model, v in (record.embeddings or {}).items()}
+                old = conn.execute("SELECT id, words FROM records WHERE path = ?", (record.path,)).fetchone()
+                if old is not None:
+                    _remove(conn, *old)
+                    if record.path in slot_of_path:  # added earlier in this load: its postings are still here
+                        dropped.append(slot_of_path[record.path])
+                record_id = conn.execute(
+                    "INSERT INTO records (path, sha256, metadata, signature, words, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.path, record.sha256, metadata, signature.tobytes(), record_words.astype("<i8").tobytes(),
+                     time.time()),
+                ).lastrowid
+                for model, v in vectors.items():
+                    if model not in dims:
+                        row = conn.execute("SELECT length(vector) FROM embeddings WHERE model = ? LIMIT 1", (model,))
+                        row = row.fetchone()
+                        dims[model] = v.nbytes if row is None else row[0]
+                    if dims[model] != v.nbytes:
+                        raise ValueError(f"{model}: stored embeddings have {dims[model] // 4} dimensions, "
+                                         f"this one {v.size}")
+                conn.executemany(
+                    "INSERT INTO embeddings (record_id, model, vector) VALUES (?, ?, ?)",
+                    [(record_id, model, v.tobytes()) for model, v in vectors.items()],
+                )
+                slot_of_path[record.path] = len(ids)
+                ids.append(record_id)
+                words.append(record_words)
+                added += 1
+            if ids:
+                keep = np.ones(len(ids), bool)
+                keep[dropped] = False
+                record_ids, words = np.asarray(ids, np.int64)[keep], np.stack(words)[keep]
+                for position in range(WORD_COUNT):  # (position, word, record_id): the table's key order
+                    order = np.argsort(words[:, position], kind="stable")  # ids ascend within a word
+                    conn.executemany(
+                        "INSERT INTO words (position, word, record_id) VALUES (?, ?, ?)",
+                        zip([position] * len(order), words[order, position].tolist(), record_ids[order].tolist()),
+                    )
+        with self._errors("bulk_load checkpoint"):  # fold the large WAL back into the file and truncate it
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return added
+
+    @contextmanager
+    def _page_cache(self, mib: int):
+        """A larger SQLite page cache on this thread's connection for a while (the default is 2 MB)."""
+        with self._errors("cache_size"):
+            conn = self._conn()
+            before = conn.execute("PRAGMA cache_size").fetchone()[0]
+            conn.execute(f"PRAGMA cache_size=-{int(mib) * 1024}")
+        try:
+            yield
+        finally:
+            with self._errors("cache_size"):
+                conn.execute(f"PRAGMA cache_size={before}")
 
     def delete(self, path: str) -> bool:
         with self._write("delete") as conn:
@@ -278,8 +375,8 @@ class SQLiteStore(Store):
         query = _normalised(model, vector)
         with self._errors("nearest"):
             conn = self._conn()
-            index = self._index(model)
-            ids, sims = index.search(conn, query, k)
+            index = self.vector_index(model)
+            ids, sims = index.search(conn, query[None, :], k)[0]
             if not len(ids):
                 return []
             rows = _rows_by_id(conn, "SELECT id, path, sha256, metadata", ids)
@@ -289,95 +386,33 @@ class SQLiteStore(Store):
             if i in rows  # removed after the index answered: leave it out rather than fail
         ]
 
-    def _index(self, model: str) -> "_VectorIndex":
+    def nearest_signatures(self, signatures, limit: int = 100, max_distance: float = 1.0) -> list[list[tuple]]:
+        """Per signature, up to `limit` [(Record, distance)] under `max_distance`, nearest first, by
+        image_match's normalised distance over an index of the signatures themselves (store/vectors.py:
+        exact over recent records, IVF candidates scored exactly beyond them). Unlike `candidates`, it
+        finds records that share no word with the query. Records come without their embeddings."""
+        queries = np.stack([_check_signature(s) for s in signatures]).astype(np.float32)
+        with self._errors("nearest_signatures"):
+            conn = self._conn()
+            found = [(ids, -scores) for ids, scores in self.vector_index(None).search(conn, queries, limit)]
+            wanted = {int(i) for ids, d in found for i in ids[d < max_distance]}
+            if not wanted:
+                return [[] for _ in found]
+            rows = _rows_by_id(conn, "SELECT id, path, sha256, metadata, signature, words, created", wanted)
+        records = {i: _record(row, {}) for i, row in rows.items()}
+        return [[(records[int(i)], float(x)) for i, x in zip(ids, d) if x < max_distance and int(i) in records]
+                for ids, d in found]
+
+    def vector_index(self, model: str | None) -> VectorIndex:
+        """This process's index of `model`'s embeddings, or of the signatures (None), made on first use."""
         with self._vectors_lock:
             if model not in self._vectors:
-                self._vectors[model] = _VectorIndex(model)
+                if model is None:
+                    source, params = SIGNATURES, self.signature_params
+                else:
+                    source, params = embeddings(model), self.vector_params
+                self._vectors[model] = VectorIndex(self.data_dir / "vectors", source, params, self._open)
             return self._vectors[model]
-
-
-class _VectorIndex:
-    """Exact cosine search over one model's vectors, held in memory and caught up from SQLite on use."""
-
-    def __init__(self, model: str):
-        self.model = model
-        self.lock = threading.Lock()
-        self.vectors = np.zeros((0, 0), np.float32)  # rows [0, n) are live; capacity grows by half
-        self.ids = np.zeros(0, np.int64)
-        self.n = 0
-        self.row: dict[int, int] = {}  # record id -> row
-        self.max_id = 0  # every record id <= max_id has been seen
-        self.removed_seq = 0  # every removal with seq <= removed_seq has been applied
-
-    def search(self, conn, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        with self.lock:
-            self._catch_up(conn)
-            if self.n == 0 or k <= 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            if query.shape[0] != self.vectors.shape[1]:
-                dims = (query.shape[0], self.vectors.shape[1])
-                raise ValueError(f"{self.model}: the query has {dims[0]} dimensions, the index {dims[1]}")
-            sims = self.vectors[: self.n] @ query
-            k = min(k, self.n)
-            top = np.argpartition(-sims, k - 1)[:k] if k < self.n else np.arange(self.n)
-            top = top[np.lexsort((self.ids[top], -sims[top]))]  # best first, ties oldest first
-            return self.ids[top].copy(), sims[top]
-
-    def _catch_up(self, conn) -> None:
-        # one read transaction: the removals and the additions come from the same snapshot
-        conn.execute("BEGIN")
-        try:
-            # the highest id ever given (AUTOINCREMENT): max(id) could go down when the newest record is deleted
-            max_id = conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'records'")
-            max_id = max_id.fetchone()[0]
-            removed_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM removed").fetchone()[0]
-            if max_id == self.max_id and removed_seq == self.removed_seq:
-                return
-            for (record_id,) in conn.execute(
-                "SELECT record_id FROM removed WHERE seq > ? AND record_id <= ?", (self.removed_seq, self.max_id)
-            ):
-                self._drop(record_id)
-            rows = conn.execute(
-                "SELECT record_id, vector FROM embeddings WHERE model = ? AND record_id > ? AND record_id <= ?",
-                (self.model, self.max_id, max_id),
-            ).fetchall()
-            self._append(rows)
-            self.max_id, self.removed_seq = max_id, removed_seq
-        finally:
-            conn.execute("COMMIT")
-
-    def _append(self, rows) -> None:
-        if not rows:
-            return
-        new = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), -1)
-        if self.n == 0 and self.vectors.shape[1] != new.shape[1]:
-            self.vectors = np.zeros((0, new.shape[1]), np.float32)
-        if new.shape[1] != self.vectors.shape[1]:
-            raise StoreError(f"{self.model}: stored vectors of {new.shape[1]} and {self.vectors.shape[1]} dimensions")
-        need = self.n + len(rows)
-        if need > len(self.vectors):
-            capacity = max(need, len(self.vectors) * 3 // 2, 1024)
-            grown = np.zeros((capacity, new.shape[1]), np.float32)
-            grown[: self.n] = self.vectors[: self.n]
-            ids = np.zeros(capacity, np.int64)
-            ids[: self.n] = self.ids[: self.n]
-            self.vectors, self.ids = grown, ids
-        self.vectors[self.n : need] = new
-        for offset, (record_id, _) in enumerate(rows):
-            self.ids[self.n + offset] = record_id
-            self.row[record_id] = self.n + offset
-        self.n = need
-
-    def _drop(self, record_id: int) -> None:
-        row = self.row.pop(record_id, None)
-        if row is None:
-            return
-        last = self.n - 1
-        if row != last:  # move the last row into the hole
-            self.vectors[row] = self.vectors[last]
-            self.ids[row] = self.ids[last]
-            self.row[int(self.ids[row])] = row
-        self.n = last
 
 
 # ---------------------------------------------------------------------- helpers
