@@ -119,10 +119,12 @@ def test_changed_file_and_changed_metadata_are_indexed_again(search_server, tmp_
 
 
 def test_interrupted_index_keeps_what_it_added_and_the_next_run_resumes(search_server, tmp_path):
+    TOTAL = 64  # noqa: N806
     folder = tmp_path / "many"
     folder.mkdir()
     names = ["chelsea", "coffee", "rocket", "astronaut"]
-    for i in range(16):
+    # enough files that the run is still going when Ctrl+C arrives, on an idle machine too (~25 adds/s)
+    for i in range(TOTAL):
         shutil.copyfile(photos.path(names[i % 4]), folder / f"{i:02d}-{names[i % 4]}.png")
     headers = {"X-API-Key": API_KEY}
     before = httpx.get(f"{search_server}/count", headers=headers).json()["result"][0]
@@ -137,10 +139,10 @@ def test_interrupted_index_keeps_what_it_added_and_the_next_run_resumes(search_s
     out, err = running.communicate(timeout=60)
     assert running.returncode == 1 and "interrupted" in err
     first = json.loads(out)
-    assert 2 <= first["added"] < 16 and first["failed"] == {}
+    assert 2 <= first["added"] < TOTAL and first["failed"] == {}
 
     again = ok_json(client(search_server, "index", str(folder), "--prefix", "many"))
-    assert again == {"added": 16 - first["added"], "skipped": first["added"], "ignored": 0, "failed": {}}
+    assert again == {"added": TOTAL - first["added"], "skipped": first["added"], "ignored": 0, "failed": {}}
 
 
 def test_search_finds_a_rotated_copy_only_when_orientations_are_searched(search_server, album, tmp_path):
