@@ -130,7 +130,10 @@ def test_interrupted_index_keeps_what_it_added_and_the_next_run_resumes(search_s
     before = httpx.get(f"{search_server}/count", headers=headers).json()["result"][0]
     command = [sys.executable, "client.py", "--url", search_server, "--api-key", API_KEY, "index", str(folder),
                "--prefix", "many", "--concurrency", "1"]
-    running = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a test run started in the background (`make test &`, CI harnesses) has SIGINT ignored, and children
+    # inherit that: give the client the default Ctrl+C back, as a terminal would
+    running = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while httpx.get(f"{search_server}/count", headers=headers).json()["result"][0] < before + 2:
         assert running.poll() is None and time.monotonic() < deadline, running.communicate()
