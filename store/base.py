@@ -4,8 +4,13 @@ A record is one indexed image: its path (the caller's name for it, unique), the 
 free metadata, its Goldberg signature (648 int8) with the 63 words derived from it, and zero or more
 embeddings by model name. Original bytes live on disk under the data dir, addressed by SHA-256
 (`BlobStore`), not in the index.
+
+The same store keeps the background-removal gallery: per-user records naming an original and its
+processed image (both blobs by SHA-256), with a per-user limit. An original is deleted only when neither
+an index record nor a gallery record refers to it (`sha256_referenced`).
 """
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -14,6 +19,62 @@ import numpy as np
 
 class StoreError(Exception):
     """The backend failed or cannot be reached; the API answers 503 naming it, never a silent loss."""
+
+
+class GalleryFull(Exception):
+    """The user already has `limit` gallery records. Not a StoreError: the store works, the caller (a
+    later HTTP route) answers it as a client condition, not a 503."""
+
+
+GALLERY_USER_MAX = 200  # characters; a user id is a cookie value or an account name
+GALLERY_NAME_MAX = 200  # characters; the seed's form allowed 50
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_RECORD_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, made by the store
+
+
+@dataclass
+class GalleryRecord:
+    id: str  # uuid4 hex, made by the store
+    user: str
+    name: str
+    original_sha256: str
+    processed_sha256: str
+    created: float  # unix time, set by the store on add
+
+
+def check_gallery_text(what: str, value, longest: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"a gallery {what} is a non-empty string, not {value!r}")
+    if len(value) > longest:
+        raise ValueError(f"a gallery {what} has at most {longest} characters, not {len(value)}")
+    return value
+
+
+def check_sha256(what: str, value) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValueError(f"{what} is 64 lowercase hex digits (a SHA-256), not {value!r}")
+    return value
+
+
+def check_gallery_add(user, name, original_sha256, processed_sha256, limit) -> None:
+    """ValueError on a malformed gallery record or limit, before anything is stored."""
+    check_gallery_text("user", user, GALLERY_USER_MAX)
+    check_gallery_text("name", name, GALLERY_NAME_MAX)
+    check_sha256("original_sha256", original_sha256)
+    check_sha256("processed_sha256", processed_sha256)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"a gallery limit is an int >= 1, not {limit!r}")
+
+
+def is_gallery_id(record_id) -> bool:
+    """Ids come from URLs: one the store cannot have made is simply not found (no ValueError)."""
+    return isinstance(record_id, str) and bool(_RECORD_ID.match(record_id))
+
+
+def check_page(offset, limit) -> tuple[int, int]:
+    if offset < 0 or limit < 0:
+        raise ValueError("offset and limit must be >= 0")
+    return int(offset), int(limit)
 
 
 @dataclass
@@ -70,6 +131,38 @@ class Store(ABC):
     @abstractmethod
     def nearest(self, model: str, vector: np.ndarray, k: int = 10) -> list[Neighbour]:
         """The k records whose `model` embedding is most similar (cosine) to `vector`, best first."""
+
+    @abstractmethod
+    def sha256_referenced(self, sha256: str) -> bool:
+        """Whether an index record or a gallery record (original or processed) uses these bytes: a blob is
+        deleted only when this is False."""
+
+    # ------------------------------------------------------------------ the background-removal gallery
+
+    @abstractmethod
+    def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
+                    limit: int) -> GalleryRecord:
+        """Store a new record for `user`; GalleryFull when the user already has `limit` records. Never lets
+        a user exceed `limit`, also under concurrent adds. Durable on return, like `add`."""
+
+    @abstractmethod
+    def gallery_get(self, user: str, record_id: str) -> GalleryRecord | None:
+        """The record, or None when it does not exist or belongs to another user."""
+
+    @abstractmethod
+    def gallery_list(self, user: str, offset: int = 0, limit: int = 50) -> list[GalleryRecord]:
+        """The user's records, newest first."""
+
+    @abstractmethod
+    def gallery_count(self, user: str) -> int: ...
+
+    @abstractmethod
+    def gallery_rename(self, user: str, record_id: str, name: str) -> bool:
+        """True if the user's record was renamed; False when it does not exist or is another user's."""
+
+    @abstractmethod
+    def gallery_delete(self, user: str, record_id: str) -> GalleryRecord | None:
+        """The deleted record (its blobs may now be unreferenced), or None when it was not the user's."""
 
     def close(self) -> None:
         """Release connections and files."""

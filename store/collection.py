@@ -1,7 +1,8 @@
 """The index and the original images together, kept consistent across threads and processes.
 
 Two rules: an acknowledged record always has its original (the blob is written, durably, before the
-record), and an original is deleted only when no record refers to its SHA-256 any more. Records share
+record), and an original is deleted only when no record refers to its SHA-256 any more: neither an index
+record nor a gallery record (its original or processed image; `Store.sha256_referenced`). Records share
 originals (same bytes under two paths), so "add the blob, then the record" in one process and "no record
 left, delete the blob" in another would race: the add could find the file still there, skip writing it,
 and then see it deleted. Both steps therefore run under a lock per SHA-256 (one of 256 lock files under
@@ -52,23 +53,25 @@ class Collection:
                         pass
                 raise
         if replaced is not None and replaced.sha256 != record.sha256:
-            self._release(replaced.sha256)
+            self.release(replaced.sha256)
 
     def delete(self, path: str) -> bool:
         """Delete the record of `path`, and its original unless another record has the same bytes."""
         record = self.store.get(path)
         deleted = self.store.delete(path)
         if record is not None:
-            self._release(record.sha256)
+            self.release(record.sha256)
         return deleted
 
-    def _release(self, sha256: str) -> None:
+    def release(self, sha256: str) -> None:
+        """Delete the blob unless something still refers to it: after a record (or a gallery record) that
+        used it is gone."""
         with self._locked(sha256):
             self._drop_if_unreferenced(sha256)
 
     def _drop_if_unreferenced(self, sha256: str) -> None:
         """Under the sha256's lock: delete the original when no record refers to it."""
-        if not self.store.paths_with_sha256(sha256, limit=1):
+        if not self.store.sha256_referenced(sha256):
             self._blob_io("delete", self.blobs.delete, sha256)
 
     def _blob_io(self, action: str, fn, arg):

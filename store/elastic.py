@@ -84,6 +84,19 @@ Deep pages: `list_paths` uses from/size while offset + limit <= index.max_result
 default) and search_after on (created, path) beyond it, skipping `offset` documents in pages of 10,000
 sort keys (cost grows with the offset; fine for an admin listing, not for random deep access).
 
+The gallery (background-removal records) is a second index, `<index>-gallery`, created lazily like the
+main one (on the first gallery call) with its own strict mapping: id, user, name, original_sha256 and
+processed_sha256 as keywords, created as a date (epoch_millis). `_id` = the record id (uuid4 hex); a
+record of another user reads as missing. Elasticsearch has no transaction, so gallery_add enforces the
+per-user limit optimistically: count the user's records (refused at once when already at the limit),
+index the new one with refresh=true, count again, and if the count is over the limit delete the new one
+(refresh=true) and refuse. Of two concurrent adds that both fit only one at a time, the later-refreshed one
+always counts the other, so the limit is never exceeded once the adds return; but both may be refused, and
+between its index and its delete a refused record is briefly visible to list and count. A process that
+dies in that window leaves the user one over the limit until a record is deleted. Rename and delete are
+read-then-write by id (the owner is checked on the read; a user never changes). Reads that must see the
+latest writes (gallery_list, gallery_count, sha256_referenced) refresh first when refresh="false".
+
 Client compatibility: elasticsearch-py 9.x speaks `compatible-with=9` and so needs an Elasticsearch 9.x
 server; the server is checked to be 8.0 or later. On 9.1+ the store asks for vectors explicitly
 (`exclude_vectors: false`), because 9.2+ leaves them out of `_source` by default.
@@ -96,6 +109,7 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -104,7 +118,8 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from store.base import Neighbour, Record, Store, StoreError
+from store.base import (GALLERY_NAME_MAX, GalleryFull, GalleryRecord, Neighbour, Record, Store, StoreError,
+                        check_gallery_add, check_gallery_text, check_page, is_gallery_id)
 
 REFRESH_POLICIES = {"wait_for": "wait_for", "true": True, "false": False}
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window default; also the kNN num_candidates ceiling
@@ -119,6 +134,15 @@ BASE_PROPERTIES = {
     "signature": {"type": "binary"},
     "words": {"type": "keyword"},
     "models": {"type": "keyword"},
+    "created": {"type": "date", "format": "epoch_millis"},
+}
+GALLERY_SUFFIX = "-gallery"
+GALLERY_PROPERTIES = {
+    "id": {"type": "keyword"},
+    "user": {"type": "keyword"},
+    "name": {"type": "keyword"},
+    "original_sha256": {"type": "keyword"},
+    "processed_sha256": {"type": "keyword"},
     "created": {"type": "date", "format": "epoch_millis"},
 }
 _SAFE_MODEL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -227,6 +251,8 @@ class ElasticStore(Store):
         self._base_client = base
         self._lock = threading.Lock()
         self._ready = False
+        self.gallery_index = index + GALLERY_SUFFIX
+        self._gallery_ready = False
         self._knn = True  # False on OpenSearch-flavoured servers (osmem)
         self._vector_type = "dense_vector"
         self._exclude_vectors_flag = False  # the server understands _source_exclude_vectors
@@ -252,7 +278,7 @@ class ElasticStore(Store):
             raise StoreError(f"Elasticsearch at {self.url} failed to {action}: {exc}") from exc
         except ApiError as exc:
             if exc.meta.status == 404 and "index_not_found" in str(exc.body):
-                self._ready = False  # someone deleted the index: create it again on the next call
+                self._ready = self._gallery_ready = False  # someone deleted an index: create it again
             raise StoreError(f"Elasticsearch at {self.url} failed to {action}: {_api_detail(exc)}") from exc
 
     def _acknowledged(self, response, action: str, results: tuple[str, ...]) -> str:
@@ -653,6 +679,166 @@ class ElasticStore(Store):
         result.sort(key=lambda n: -n.similarity)
         return result
 
+    def sha256_referenced(self, sha256: str) -> bool:
+        self.ensure_index()
+        self.ensure_gallery_index()
+        either = {"bool": {"should": [{"term": {"original_sha256": sha256}}, {"term": {"processed_sha256": sha256}}],
+                           "minimum_should_match": 1}}
+        with self._errors("find references to an original"):
+            if self.refresh is False:  # count is not realtime: an add that returned may not be visible yet
+                self._es.indices.refresh(index=[self.index, self.gallery_index])
+            if int(self._es.count(index=self.index, query={"term": {"sha256": sha256}})["count"]):
+                return True
+            return int(self._es.count(index=self.gallery_index, query=either)["count"]) > 0
+
+    # ------------------------------------------------------------------ the gallery
+
+    def ensure_gallery_index(self) -> None:
+        """Create `<index>-gallery` with its mapping if missing, else check it. Raises StoreError."""
+        if self._gallery_ready:
+            return
+        self.ensure_index()  # the server's version checks
+        with self._lock:
+            if self._gallery_ready:
+                return
+            with self._errors(f"check index {self.gallery_index!r}"):
+                if not self._es.indices.exists(index=self.gallery_index):
+                    try:
+                        self._es.indices.create(
+                            index=self.gallery_index, mappings={"dynamic": "strict", "properties": GALLERY_PROPERTIES}
+                        )
+                    except ApiError as exc:  # another process created it first: check what it made
+                        if "resource_already_exists" not in str(exc.body):
+                            raise
+                response = self._es.indices.get_mapping(index=self.gallery_index).body
+                properties = next(iter(response.values()), {}).get("mappings", {}).get("properties", {})
+                problems = [
+                    f"{name} is {properties[name].get('type')}, expected {wanted['type']}"
+                    for name, wanted in GALLERY_PROPERTIES.items()
+                    if name in properties and properties[name].get("type") != wanted["type"]
+                ]
+                if problems:
+                    raise StoreError(
+                        f"Elasticsearch at {self.url}: index {self.gallery_index!r} exists with an incompatible "
+                        "mapping: " + "; ".join(problems)
+                    )
+                missing = {name: wanted for name, wanted in GALLERY_PROPERTIES.items() if name not in properties}
+                if missing:
+                    self._es.indices.put_mapping(index=self.gallery_index, properties=missing)
+            self._gallery_ready = True
+
+    def _gallery_user_count(self, user: str, refresh: bool) -> int:
+        with self._errors(f"count the gallery records of {user!r}"):
+            if refresh:
+                self._es.indices.refresh(index=self.gallery_index)
+            return int(self._es.count(index=self.gallery_index, query={"term": {"user": user}})["count"])
+
+    def _gallery_source(self, user: str, record_id: str) -> dict | None:
+        """The record's _source when it exists and is `user`'s (get by id is realtime)."""
+        if not is_gallery_id(record_id):
+            return None
+        self.ensure_gallery_index()
+        with self._errors(f"get gallery record {record_id!r}"):
+            response = self._es.options(ignore_status=404).get(index=self.gallery_index, id=record_id)
+            if response.meta.status == 404 and "error" in response.body:  # the index, not the document
+                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+        body = response.body
+        if not body.get("found") or body["_source"].get("user") != user:
+            return None
+        return body["_source"]
+
+    def _gallery_drop(self, record_id: str, refresh) -> str:
+        """Delete by id; "deleted" or "not_found"."""
+        with self._errors(f"delete gallery record {record_id!r}"):
+            response = self._es.options(ignore_status=404).delete(
+                index=self.gallery_index, id=record_id, refresh=refresh
+            )
+            if response.meta.status == 404 and "error" in response.body:
+                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+        return self._acknowledged(response, f"delete gallery record {record_id!r}", ("deleted", "not_found"))
+
+    def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
+                    limit: int) -> GalleryRecord:
+        check_gallery_add(user, name, original_sha256, processed_sha256, limit)
+        self.ensure_gallery_index()
+        have = self._gallery_user_count(user, refresh=self.refresh is False)
+        if have >= limit:
+            raise GalleryFull(f"user {user!r} already has {have} gallery records (limit {limit})")
+        created = self._next_created()
+        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, created / 1000.0)
+        document = {"id": record.id, "user": user, "name": name, "original_sha256": original_sha256,
+                    "processed_sha256": processed_sha256, "created": created}
+        action = f"index gallery record {record.id!r}"
+        with self._errors(action):  # refresh=true: the count below, and every other adder's, sees it
+            response = self._es.index(index=self.gallery_index, id=record.id, document=document, op_type="create",
+                                      refresh=True)
+        self._acknowledged(response, action, ("created",))
+        try:
+            have = self._gallery_user_count(user, refresh=False)
+        except StoreError:  # unknown whether it fits: take it back rather than risk exceeding the limit
+            try:
+                self._gallery_drop(record.id, refresh=True)
+            except StoreError:
+                pass
+            raise
+        if have > limit:  # a concurrent add won the race (or both lose): take ours back
+            self._gallery_drop(record.id, refresh=True)
+            raise GalleryFull(f"user {user!r} reached the limit of {limit} gallery records")
+        return record
+
+    def gallery_get(self, user: str, record_id: str) -> GalleryRecord | None:
+        source = self._gallery_source(user, record_id)
+        return None if source is None else _gallery_record(source)
+
+    def gallery_list(self, user: str, offset: int = 0, limit: int = 50) -> list[GalleryRecord]:
+        """Newest first; from/size, so pages end at index.max_result_window (10,000) records."""
+        offset, limit = check_page(offset, limit)
+        size = min(limit, MAX_RESULT_WINDOW - offset)
+        if size <= 0:
+            return []
+        self.ensure_gallery_index()
+        with self._errors(f"list the gallery records of {user!r}"):
+            if self.refresh is False:
+                self._es.indices.refresh(index=self.gallery_index)
+            hits = self._es.search(
+                index=self.gallery_index, query={"term": {"user": user}},
+                sort=[{"created": "desc"}, {"id": "desc"}], from_=offset, size=size, track_total_hits=False,
+            )["hits"]["hits"]
+        return [_gallery_record(hit["_source"]) for hit in hits]
+
+    def gallery_count(self, user: str) -> int:
+        self.ensure_gallery_index()
+        return self._gallery_user_count(user, refresh=self.refresh is False)
+
+    def gallery_rename(self, user: str, record_id: str, name: str) -> bool:
+        check_gallery_text("name", name, GALLERY_NAME_MAX)
+        if self._gallery_source(user, record_id) is None:
+            return False
+        action = f"rename gallery record {record_id!r}"
+        with self._errors(action):
+            response = self._es.options(ignore_status=404).update(
+                index=self.gallery_index, id=record_id, doc={"name": name}, refresh=self.refresh
+            )
+        if response.meta.status == 404:  # deleted since the read
+            return False
+        self._acknowledged(response, action, ("updated", "noop"))
+        return True
+
+    def gallery_delete(self, user: str, record_id: str) -> GalleryRecord | None:
+        source = self._gallery_source(user, record_id)
+        if source is None:
+            return None
+        if self._gallery_drop(record_id, refresh=self.refresh) != "deleted":
+            return None  # deleted by another request meanwhile
+        return _gallery_record(source)
+
     def close(self) -> None:
         if self._owns_client:
             self._base_client.close()
+
+
+def _gallery_record(source: dict) -> GalleryRecord:
+    return GalleryRecord(
+        id=source["id"], user=source["user"], name=source["name"], original_sha256=source["original_sha256"],
+        processed_sha256=source["processed_sha256"], created=float(source["created"]) / 1000.0,
+    )

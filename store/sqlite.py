@@ -61,18 +61,24 @@ bulk_load(): one transaction for an import, postings inserted sorted by key at t
 posting B-tree written once). 1M records (signature, words, one 1280-d embedding each) in 445 s, 100k in
 55 s, 7.7 GB file at 1M; `add` one at a time (a durable transaction each) runs at 707 / 486 / 329 records/s
 at 10k / 100k / 1M.
+
+The gallery (background-removal records) is the `gallery` table in the same file, durable like `add`.
+gallery_add counts the user's records and inserts in one BEGIN IMMEDIATE transaction (one writer at a
+time, across processes too), so the per-user limit holds exactly under concurrent adds.
 """
 
 import json
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from store.base import Neighbour, Record, Store, StoreError
+from store.base import (GALLERY_NAME_MAX, GalleryFull, GalleryRecord, Neighbour, Record, Store,
+                        StoreError, check_gallery_add, check_gallery_text, check_page, is_gallery_id)
 from store.vectors import SIGNATURES, VectorIndex, VectorParams, embeddings
 
 SIGNATURE_LENGTH = 648
@@ -116,7 +122,22 @@ CREATE TABLE IF NOT EXISTS removed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     record_id INTEGER NOT NULL
 );
+-- the background-removal gallery: per-user records naming two blobs
+CREATE TABLE IF NOT EXISTS gallery (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: newest first, whatever the clock does
+    id TEXT NOT NULL UNIQUE,               -- uuid4 hex, what callers name a record by
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    original_sha256 TEXT NOT NULL,
+    processed_sha256 TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gallery_user ON gallery (user, seq);
+-- sha256_referenced: a blob is kept while a gallery record names it
+CREATE INDEX IF NOT EXISTS gallery_original ON gallery (original_sha256);
+CREATE INDEX IF NOT EXISTS gallery_processed ON gallery (processed_sha256);
 """
+GALLERY_COLUMNS = "id, user, name, original_sha256, processed_sha256, created"
 
 
 class SQLiteStore(Store):
@@ -335,6 +356,14 @@ class SQLiteStore(Store):
             )
             return [path for (path,) in rows]
 
+    def sha256_referenced(self, sha256: str) -> bool:
+        with self._errors("sha256_referenced"):
+            return self._conn().execute(
+                "SELECT EXISTS (SELECT 1 FROM records WHERE sha256 = ?)"
+                " OR EXISTS (SELECT 1 FROM gallery WHERE original_sha256 = ?)"
+                " OR EXISTS (SELECT 1 FROM gallery WHERE processed_sha256 = ?)", (sha256, sha256, sha256)
+            ).fetchone()[0] == 1
+
     def list_paths(self, offset: int = 0, limit: int = 20) -> list[str]:
         with self._errors("list_paths"):
             rows = self._conn().execute(
@@ -402,6 +431,60 @@ class SQLiteStore(Store):
         records = {i: _record(row, {}) for i, row in rows.items()}
         return [[(records[int(i)], float(x)) for i, x in zip(ids, d) if x < max_distance and int(i) in records]
                 for ids, d in found]
+
+    # ------------------------------------------------------------------ the gallery
+
+    def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
+                    limit: int) -> GalleryRecord:
+        check_gallery_add(user, name, original_sha256, processed_sha256, limit)
+        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, time.time())
+        with self._write("gallery_add") as conn:  # count and insert under one write lock: the limit is exact
+            have = conn.execute("SELECT count(*) FROM gallery WHERE user = ?", (user,)).fetchone()[0]
+            if have >= limit:
+                raise GalleryFull(f"user {user!r} already has {have} gallery records (limit {limit})")
+            conn.execute(f"INSERT INTO gallery ({GALLERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                         (record.id, user, name, original_sha256, processed_sha256, record.created))
+        return record
+
+    def gallery_get(self, user: str, record_id: str) -> GalleryRecord | None:
+        if not is_gallery_id(record_id):
+            return None
+        with self._errors("gallery_get"):
+            row = self._conn().execute(f"SELECT {GALLERY_COLUMNS} FROM gallery WHERE id = ? AND user = ?",
+                                       (record_id, user)).fetchone()
+        return None if row is None else GalleryRecord(*row)
+
+    def gallery_list(self, user: str, offset: int = 0, limit: int = 50) -> list[GalleryRecord]:
+        offset, limit = check_page(offset, limit)
+        with self._errors("gallery_list"):
+            rows = self._conn().execute(
+                f"SELECT {GALLERY_COLUMNS} FROM gallery WHERE user = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (user, limit, offset),
+            )
+            return [GalleryRecord(*row) for row in rows]
+
+    def gallery_count(self, user: str) -> int:
+        with self._errors("gallery_count"):
+            return self._conn().execute("SELECT count(*) FROM gallery WHERE user = ?", (user,)).fetchone()[0]
+
+    def gallery_rename(self, user: str, record_id: str, name: str) -> bool:
+        check_gallery_text("name", name, GALLERY_NAME_MAX)
+        if not is_gallery_id(record_id):
+            return False
+        with self._write("gallery_rename") as conn:
+            changed = conn.execute("UPDATE gallery SET name = ? WHERE id = ? AND user = ?", (name, record_id, user))
+            return changed.rowcount == 1
+
+    def gallery_delete(self, user: str, record_id: str) -> GalleryRecord | None:
+        if not is_gallery_id(record_id):
+            return None
+        with self._write("gallery_delete") as conn:
+            row = conn.execute(f"SELECT {GALLERY_COLUMNS} FROM gallery WHERE id = ? AND user = ?",
+                               (record_id, user)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM gallery WHERE id = ?", (record_id,))
+        return GalleryRecord(*row)
 
     def vector_index(self, model: str | None) -> VectorIndex:
         """This process's index of `model`'s embeddings, or of the signatures (None), made on first use."""

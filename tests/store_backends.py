@@ -2,7 +2,7 @@
 
 Each entry maps a name to `factory(directory) -> Store`. Calling a factory twice with the same directory
 must reach the same data (a reopen); each test gets its own fresh directory. `dispose(store)` closes a
-store and drops what it left on a server (an Elasticsearch index).
+store and drops what it left on a server (the Elasticsearch index and its `-gallery` index).
 
     sqlite                 the embedded default, in the test's directory
     elasticsearch          ElasticStore on osmem-server (in-memory, speaks the Elasticsearch REST API
@@ -90,7 +90,8 @@ def dispose(store: Store) -> None:
     """Close the store; for Elasticsearch, delete its index first (osmem keeps everything in memory)."""
     try:
         if isinstance(store, ElasticStore):
-            store._es.options(ignore_status=404).indices.delete(index=store.index)
+            for index in (store.index, store.gallery_index):
+                store._es.options(ignore_status=404).indices.delete(index=index)
     finally:
         store.close()
 
