@@ -7,6 +7,8 @@ originals (same bytes under two paths), so "add the blob, then the record" in on
 left, delete the blob" in another would race: the add could find the file still there, skip writing it,
 and then see it deleted. Both steps therefore run under a lock per SHA-256 (one of 256 lock files under
 `lock_dir`, by the first two hex digits; flock, so it holds between processes and between threads).
+Gallery records (Store.gallery_*) refer to blobs too: whoever adds one must write its blobs under the
+same lock, as `add` does, or a concurrent release could delete a blob just written.
 """
 
 import fcntl
