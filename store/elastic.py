@@ -320,24 +320,28 @@ class ElasticStore(Store):
             else:
                 self._exclude_vectors_flag = major_minor >= (9, 1) or major_minor == (8, 19)
             with self._errors(f"check index {self.index!r}"):
-                if not self._es.indices.exists(index=self.index):
-                    try:
-                        self._es.indices.create(
-                            index=self.index, mappings={"dynamic": "strict", "properties": BASE_PROPERTIES}
-                        )
-                    except ApiError as exc:  # another process created it first: check what it made
-                        if "resource_already_exists" not in str(exc.body):
-                            raise
+                self._create_if_missing(self.index, BASE_PROPERTIES)
                 self._check_mapping(self._read_properties())
             self._ready = True
 
-    def _read_properties(self) -> dict:
-        response = self._es.indices.get_mapping(index=self.index).body
+    def _create_if_missing(self, index: str, properties: dict) -> None:
+        """Create `index` with a strict mapping unless it exists; the caller then checks what is there."""
+        if self._es.indices.exists(index=index):
+            return
+        try:
+            self._es.indices.create(index=index, mappings={"dynamic": "strict", "properties": properties})
+        except ApiError as exc:  # another process created it first: the caller checks what it made
+            if "resource_already_exists" not in str(exc.body):
+                raise
+
+    def _read_properties(self, index: str | None = None) -> dict:
+        index = index or self.index
+        response = self._es.indices.get_mapping(index=index).body
         if not response:
-            raise StoreError(f"Elasticsearch at {self.url}: index {self.index!r} has no mapping")
+            raise StoreError(f"Elasticsearch at {self.url}: index {index!r} has no mapping")
         if len(response) > 1:
             raise StoreError(
-                f"Elasticsearch at {self.url}: {self.index!r} is an alias of {len(response)} indices; "
+                f"Elasticsearch at {self.url}: {index!r} is an alias of {len(response)} indices; "
                 "give the store one index"
             )
         mappings = next(iter(response.values())).get("mappings", {})
@@ -702,16 +706,8 @@ class ElasticStore(Store):
             if self._gallery_ready:
                 return
             with self._errors(f"check index {self.gallery_index!r}"):
-                if not self._es.indices.exists(index=self.gallery_index):
-                    try:
-                        self._es.indices.create(
-                            index=self.gallery_index, mappings={"dynamic": "strict", "properties": GALLERY_PROPERTIES}
-                        )
-                    except ApiError as exc:  # another process created it first: check what it made
-                        if "resource_already_exists" not in str(exc.body):
-                            raise
-                response = self._es.indices.get_mapping(index=self.gallery_index).body
-                properties = next(iter(response.values()), {}).get("mappings", {}).get("properties", {})
+                self._create_if_missing(self.gallery_index, GALLERY_PROPERTIES)
+                properties = self._read_properties(self.gallery_index)
                 problems = [
                     f"{name} is {properties[name].get('type')}, expected {wanted['type']}"
                     for name, wanted in GALLERY_PROPERTIES.items()
