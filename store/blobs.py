@@ -41,7 +41,7 @@ class BlobStore:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)  # make the rename itself survive a power loss
+        fsync(target.parent)  # make the rename itself survive a power loss
         return sha
 
     def get(self, sha: str) -> bytes | None:
@@ -59,8 +59,9 @@ class BlobStore:
             return False
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (so a rename in it survives a power loss), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

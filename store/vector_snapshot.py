@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from store.blobs import fsync
+
 FORMAT = 2
 
 
@@ -275,7 +277,7 @@ class Builder:
             with open(tmp / f"{name}.npy", "wb") as f:
                 np.save(f, np.ascontiguousarray(array))
         for path in tmp.iterdir():
-            _fsync(path)
+            fsync(path)
 
 
 def _check_filled(filled: int, expected: int) -> None:
@@ -295,19 +297,12 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = 16_384) -> np.ndar
 def publish(tmp: Path, root: Path, name: str) -> Path:
     """Rename the complete, synced folder into place (atomic); the same state built twice is kept once."""
     final = root / name
-    _fsync(tmp)
+    fsync(tmp)
     try:
         os.rename(tmp, final)
     except OSError:
         if not (final / "meta.json").exists():
             raise
-    _fsync(root)
+    fsync(root)
     return final
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
