@@ -17,6 +17,7 @@ import pytest
 
 from settings import VARIABLES
 from tests import photos
+from tests.store_backends import BACKENDS, dispose
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT = 120.0
@@ -212,3 +213,24 @@ def photo_server():
     yield PhotoServer(f"http://127.0.0.1:{port}", port)
     httpd.shutdown()
     httpd.server_close()
+
+
+# Store fixtures, one run per backend in tests/store_backends.py (the contract and the gallery tests)
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store_factory(request, tmp_path):
+    """factory() -> a Store on this test's directory; a second call reopens the same data."""
+    opened = []
+
+    def factory():
+        opened.append(BACKENDS[request.param](tmp_path))
+        return opened[-1]
+
+    yield factory
+    for made in opened:
+        dispose(made)
+
+
+@pytest.fixture
+def store(store_factory):
+    return store_factory()

@@ -27,7 +27,6 @@ from settings import Settings
 from store.base import Record, StoreError
 from store.sqlite import SQLiteStore
 from tests import photos
-from tests.store_backends import BACKENDS, dispose
 
 # distinct photos with features (the blue 80x80 camera thumbnails have an all-zero signature)
 NAMES = ["astronaut", "chelsea", "coffee", "rocket", "camera", "brick", "flower", "iptc", "motorcycle_left", "ihc"]
@@ -60,25 +59,6 @@ def record(real, name, path=None, metadata=None, embed=True) -> Record:
 
 def unit(v):
     return (np.asarray(v, np.float64) / np.linalg.norm(v)).astype(np.float32)
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def store_factory(request, tmp_path):
-    """factory() -> a Store on this test's directory; a second call reopens the same data."""
-    opened = []
-
-    def factory():
-        opened.append(BACKENDS[request.param](tmp_path))
-        return opened[-1]
-
-    yield factory
-    for made in opened:
-        dispose(made)
-
-
-@pytest.fixture
-def store(store_factory):
-    return store_factory()
 
 
 @pytest.fixture

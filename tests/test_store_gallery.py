@@ -17,30 +17,10 @@ from store.base import GALLERY_NAME_MAX, GalleryFull, GalleryRecord, Record
 from store.blobs import BlobStore
 from store.collection import Collection
 from store.sqlite import SQLiteStore
-from tests.store_backends import BACKENDS, dispose
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL = hashlib.sha256(b"original").hexdigest()
 PROCESSED = hashlib.sha256(b"processed").hexdigest()
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def store_factory(request, tmp_path):
-    """factory() -> a Store on this test's directory; a second call reopens the same data."""
-    opened = []
-
-    def factory():
-        opened.append(BACKENDS[request.param](tmp_path))
-        return opened[-1]
-
-    yield factory
-    for made in opened:
-        dispose(made)
-
-
-@pytest.fixture
-def store(store_factory):
-    return store_factory()
 
 
 def add(store, user="alice", name="cat", limit=10, original=ORIGINAL, processed=PROCESSED) -> GalleryRecord:
