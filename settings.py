@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
+from images.decode import DecodeLimits
 from images.fetch import FetchPolicy, parse_networks
 from models.registry import EMBEDDING_MODELS
 
@@ -171,6 +172,10 @@ class Settings:
     search_models: tuple[str, ...] = ("mobilenet_v2",)
     search_max_batch_size: int = 8
     search_batch_timeout: float = 0.01
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_upload_bytes, self.max_image_pixels, self.image_formats)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

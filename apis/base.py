@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from apis.batch_loop import IdleBatchedLoop
 from errors import InputError
-from images.decode import DecodedImage, DecodeLimits, decode_image
+from images.decode import DecodedImage, decode_image
 
 log = logging.getLogger("imageserver")
 
@@ -46,9 +46,8 @@ class ImageAPI(ls.LitAPI):
 
     def decode(self, blob, max_side: int | None = None, min_side: int | None = None) -> DecodedImage | InputError:
         """The request's image decoded within the configured limits, or the InputError as a value."""
-        limits = DecodeLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels, self.settings.image_formats)
         try:
-            return decode_image(blob.read(), limits, max_side, min_side)
+            return decode_image(blob.read(), self.settings.decode_limits, max_side, min_side)
         except InputError as exc:
             return exc
         except Exception as exc:  # a decoder failure we did not foresee is still this file's fault

@@ -24,14 +24,7 @@ def write_statuses(directory: str, models, unavailable: dict) -> None:
 
 def read_status(directory: str) -> dict[str, str | None]:
     """model -> None (loaded) or the reason it is not; models not reported yet are absent."""
-    out = {}
-    for path in Path(directory).glob("status-*.json"):
-        try:
-            entry = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        out[entry["model"]] = entry["reason"]
-    return out
+    return {entry["model"]: entry["reason"] for entry in _read_all(directory, "status-*.json")}
 
 
 def write_counters(directory: str, owner: str, counters: dict) -> None:
@@ -45,11 +38,7 @@ def write_counters(directory: str, owner: str, counters: dict) -> None:
 def read_counters(directory: str) -> dict:
     """Counters summed over every worker: model -> {forward_calls, images, mean_batch}."""
     total = {}
-    for path in Path(directory).glob("counters-*.json"):
-        try:
-            counters = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for counters in _read_all(directory, "counters-*.json"):
         for model, entry in counters.items():
             into = total.setdefault(model, {"forward_calls": 0, "images": 0})
             into["forward_calls"] += entry["forward_calls"]
@@ -57,3 +46,12 @@ def read_counters(directory: str) -> dict:
     for entry in total.values():
         entry["mean_batch"] = round(entry["images"] / entry["forward_calls"], 2) if entry["forward_calls"] else 0
     return total
+
+
+def _read_all(directory: str, pattern: str):
+    """The JSON of every worker's file matching `pattern`; one being replaced right now is skipped."""
+    for path in Path(directory).glob(pattern):
+        try:
+            yield json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue

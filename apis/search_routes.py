@@ -28,7 +28,7 @@ from apis.request_body import read_fields
 from apis.search import SEARCH_PATHS
 from apis.similar import SIMILAR_PATHS, similar_error
 from errors import InputError
-from images.decode import DecodeLimits, decode_image
+from images.decode import decode_image
 from store.base import StoreError
 from store.open import PerProcess
 
@@ -134,8 +134,7 @@ THUMBNAIL_SIDES = (16, 1024)  # ?size= bounds: a grid needs ~256 px, never the 1
 
 def _thumbnail(path: Path, side: int, settings) -> Response:
     """The stored original reduced to `side` px at most (JPEG draft decoding), as JPEG, or PNG with alpha."""
-    limits = DecodeLimits(settings.max_upload_bytes, settings.max_image_pixels, settings.image_formats)
-    image = decode_image(path.read_bytes(), limits, max_side=side).image
+    image = decode_image(path.read_bytes(), settings.decode_limits, max_side=side).image
     out = io.BytesIO()
     if image.mode in ("RGBA", "LA", "PA"):
         image.save(out, format="PNG")
