@@ -12,7 +12,7 @@ import litserve as ls
 from fastapi import Header, HTTPException
 from fastapi.responses import JSONResponse
 
-from apis.batch_loop import IdleBatchedLoop
+from apis.batch_loop import IdleBatchedLoop, SupervisedSingleLoop
 from errors import InputError
 from images.decode import DecodedImage, decode_image
 
@@ -34,7 +34,7 @@ class ImageAPI(ls.LitAPI):
 
     def __init__(self, settings, *, api_path: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
         # LitServe's own batched loop polls (or spins) while idle; ours blocks until work arrives
-        loop = IdleBatchedLoop() if max_batch_size > 1 else "auto"
+        loop = IdleBatchedLoop() if max_batch_size > 1 else SupervisedSingleLoop()
         super().__init__(api_path=api_path, max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=loop)
         self.settings = settings
 

@@ -16,6 +16,8 @@ import ctypes
 import logging
 import os
 import sys
+import threading
+import time
 
 log = logging.getLogger("imageserver.runtime")
 
@@ -56,3 +58,63 @@ def configure_worker(settings) -> None:
     torch.set_num_threads(threads)
     tuned = tune_allocator()
     log.info("model worker %d: %d torch thread(s), allocator tuned: %s", os.getpid(), threads, tuned)
+
+
+# ---------------------------------------------------------------- giving memory back when idle
+
+SETTLE_INTERVAL = 0.5  # seconds between looks
+SETTLE_GROWTH = 1.05  # trim when idle RSS is this much above what it was after the last trim
+SETTLE_MIN_BYTES = 16 * 1024**2  # ... and at least this much above it
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _trim() -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _settle_forever() -> None:
+    """Give freed memory back to the kernel once the worker has been idle for a moment.
+
+    A decoded 60-megapixel image or a refused bomb's buffers are freed, but glibc keeps freed heap
+    memory (and the allocator tuning above keeps even more, on purpose, for the next batch), so a worker
+    that once served a large image would hold its peak for ever. Trimming only when idle (no CPU used
+    over the last interval) and only after RSS grew keeps the busy-path speed: a stream of batches never
+    sees a trim, and a trimmed worker faults its activation memory back in once, on the next batch.
+    """
+    settled = 0  # RSS right after the last trim; 0: not trimmed yet
+    cpu = time.process_time()
+    while True:
+        time.sleep(SETTLE_INTERVAL)
+        now = time.process_time()
+        idle, cpu = now - cpu < 0.01 * SETTLE_INTERVAL, now
+        if not idle:
+            continue
+        rss = rss_bytes()
+        if settled and (rss < settled * SETTLE_GROWTH or rss - settled < SETTLE_MIN_BYTES):
+            continue
+        _trim()
+        settled = rss_bytes()
+        cpu = time.process_time()  # the trim's own CPU is not work
+
+
+_settler_started = False
+
+
+def start_memory_settler() -> None:
+    """Start the settling thread once per worker process (glibc only; elsewhere nothing to trim)."""
+    global _settler_started
+    if _settler_started or not sys.platform.startswith("linux"):
+        return
+    _settler_started = True
+    threading.Thread(target=_settle_forever, daemon=True, name="memory-settler").start()

@@ -1,0 +1,197 @@
+"""The LitServer we run: bounded queues, whole-request deadlines, and inference workers that come back.
+
+LitServe 0.2.19 gives each capability an unbounded queue, bounds only the time a request waits in it,
+and (without restart_workers) shuts the whole server down when any inference worker dies. With
+restart_workers its monitor does restart the worker, but it fails the dead worker's requests in the
+main process's response buffer, while the requests wait in the HTTP processes' buffers: they hang.
+
+Here, per capability:
+- admission: at most `<CAPABILITY>_MAX_QUEUE` requests queued or in work, counted across every HTTP
+  process; past it a 503 with Retry-After, at once;
+- a deadline: REQUEST_TIMEOUT counts from the request's arrival (body read and URL fetch included); at
+  the deadline the client gets a 504 and the late result is dropped when it comes;
+- a dead worker: each worker announces its pid when it takes a request (LitServe's START message), the
+  waiting HTTP process checks that pid while it waits, and answers 503 as soon as it is gone; the
+  main process restarts the worker (with a back-off when one keeps dying) and every other worker
+  goes on serving.
+"""
+
+import asyncio
+import contextvars
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+
+import litserve as ls
+from fastapi import Depends, HTTPException
+from litserve.server import RegularRequestHandler
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+log = logging.getLogger("imageserver.serving")
+
+POLL = 0.25  # seconds between the waiting request's looks at its worker
+MONITOR_INTERVAL = 0.5  # seconds between the main process's looks at the workers
+RETRY_AFTER = "1"  # seconds; a full queue drains in about a batch's time
+QUICK_DEATH = 30.0  # seconds: a worker dying sooner after its start is restarted with a growing delay
+GRACEFUL_SECONDS = 3  # uvicorn's wait for open requests at shutdown (LitServe's 30 s outlasts a stop)
+_arrival: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrival", default=None)
+
+
+class RequestClock:
+    """Pure ASGI: notes when a request arrived, so its deadline covers reading the body and fetching a URL."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        token = _arrival.set(time.monotonic())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _arrival.reset(token)
+
+
+def process_alive(pid: int) -> bool:
+    """False once `pid` has exited, zombie included (kill(pid, 0) succeeds on a zombie until it is reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+class AdmittingHandler(RegularRequestHandler):
+    """LitServe's handler with admission, a whole-request deadline and dead-worker detection."""
+
+    async def handle_request(self, request, request_type):
+        server, path = self.server, self.lit_api.api_path
+        counter, limit = server.in_flight[path], server.queue_limits[path]
+        with counter.get_lock():
+            admitted = counter.value < limit
+            if admitted:
+                counter.value += 1
+        if not admitted:
+            raise HTTPException(
+                503, f"{path} is busy: {limit} requests are already queued or in work "
+                f"({server.queue_variables[path]}); retry shortly", headers={"Retry-After": RETRY_AFTER})
+        try:
+            return await self._answer(request, request_type)
+        finally:
+            with counter.get_lock():
+                counter.value -= 1
+
+    async def _answer(self, request, request_type):
+        timeout = self.server.timeout
+        deadline = (_arrival.get() or time.monotonic()) + timeout if timeout not in (None, False, -1) else None
+        payload = await self._prepare_request(request, request_type)
+        uid, _ = await self._submit_request(payload)
+        item = ResponseBufferItem(asyncio.Event())
+        self.server.response_buffer[uid] = item
+        try:
+            await self._wait(item, deadline)
+        finally:
+            self.server.response_buffer.pop(uid, None)  # a late answer finds no one waiting and is dropped
+        response, status = item.response
+        if status == LitAPIStatus.ERROR:
+            self._handle_error_response(response)
+        return response
+
+    async def _wait(self, item: ResponseBufferItem, deadline: float | None) -> None:
+        while True:
+            step = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            if step <= 0:
+                raise HTTPException(504, f"no answer within REQUEST_TIMEOUT ({self.server.timeout:g} s)")
+            try:
+                await asyncio.wait_for(item.event.wait(), timeout=step)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if item.worker_id is not None and not process_alive(item.worker_id):
+                raise HTTPException(
+                    503, "the worker processing this request stopped; it is being restarted, retry shortly",
+                    headers={"Retry-After": RETRY_AFTER})
+
+
+class ImageServer(ls.LitServer):
+    """LitServer with bounded queues, whole-request deadlines and supervised inference workers.
+
+    `queue_limits`: api_path -> (most requests queued or in work, the variable that sets it).
+    """
+
+    def __init__(self, lit_apis, *, queue_limits: dict[str, tuple[int, str]], **kwargs):
+        # read by _register_api_endpoints, which LitServer's __init__ calls; mp.Values are shared with
+        # the HTTP processes, which LitServe forks from this one
+        self.queue_limits = {path: limit for path, (limit, _) in queue_limits.items()}
+        self.queue_variables = {path: name for path, (_, name) in queue_limits.items()}
+        self.in_flight = {path: mp.Value("i", 0) for path in queue_limits}
+        self._stopping = threading.Event()
+        self._restart_lock = threading.Lock()
+        self.restarts = 0
+        super().__init__(lit_apis, restart_workers=True, **kwargs)  # restart_workers: workers send START
+        self.uvicorn_graceful_timeout = GRACEFUL_SECONDS
+
+    def _register_api_endpoints(self, lit_api, request_type, response_type):
+        handler = AdmittingHandler(lit_api, self)
+
+        async def endpoint_handler(request: request_type) -> response_type:
+            return await handler.handle_request(request, request_type)
+
+        self.app.add_api_route(lit_api.api_path, endpoint_handler, methods=["POST"],
+                               dependencies=[Depends(self.setup_auth(lit_api))])
+
+    # ---------------------------------------------------------------- supervision (main process)
+
+    def _slot(self, index: int):
+        """inference_workers[index] -> (its LitAPI, its worker id within that API)."""
+        for lit_api in self.litapi_connector:
+            count = len(self._inference_workers_config_for_api(lit_api.api_path))
+            if index < count:
+                return lit_api, index
+            index -= count
+        raise IndexError(index)
+
+    def _start_worker_monitoring(self, manager, uvicorn_workers):
+        thread = threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor")
+        thread.start()
+
+    def _supervise(self) -> None:
+        """Restart each inference worker that exits; one that keeps dying soon after its start waits longer."""
+        started = {i: time.monotonic() for i in range(len(self.inference_workers))}
+        deaths, due = {}, {}  # slot -> quick deaths in a row; slot -> when its restart is due
+        while not self._stopping.wait(MONITOR_INTERVAL):
+            for index, process in enumerate(list(self.inference_workers)):
+                if process.is_alive():
+                    continue
+                now = time.monotonic()
+                lit_api, worker_id = self._slot(index)
+                if index not in due:
+                    deaths[index] = deaths.get(index, 0) + 1 if now - started.get(index, 0) < QUICK_DEATH else 1
+                    delay = 0.0 if deaths[index] == 1 else min(30.0, 0.5 * 2 ** deaths[index])
+                    due[index] = now + delay
+                    log.error("%s worker %d (pid %s) died (exit code %s); restarting it in %.1f s",
+                              lit_api.api_path, worker_id, process.pid, process.exitcode, delay)
+                if now < due[index]:
+                    continue
+                with self._restart_lock:
+                    if self._stopping.is_set():
+                        return
+                    self.inference_workers[index] = self.launch_single_inference_worker(lit_api, worker_id)
+                started[index] = time.monotonic()
+                del due[index]
+                self.restarts += 1
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
+        self._stopping.set()  # no restarts while the workers are being stopped
+        with self._restart_lock:
+            super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
