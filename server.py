@@ -9,8 +9,11 @@ import sys
 import litserve as ls
 
 from apis.analyze import AnalyzeAPI
+from apis.auth import ApiKeyMiddleware
 from apis.body_limit import BodyLimitMiddleware
+from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
+from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
 from apis.match import MATCH_METHODS
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
@@ -56,11 +59,17 @@ def build_server(settings: Settings) -> ls.LitServer:
         middlewares=[
             (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes, "envelopes": MATCH_METHODS}),
             (PathAliasMiddleware, {"aliases": ALIASES}),
+            # each later one wraps the earlier: the key is checked before any body is read, a failure of
+            # anything inside is answered as JSON, and every answer carries its request id
+            (ApiKeyMiddleware, {"api_key": settings.api_key, "public_routes": settings.public_routes}),
+            UnforeseenErrorMiddleware,
+            RequestIdMiddleware,
         ],
     )
     # read by the request-body dependencies in the HTTP processes
     server.app.state.settings = settings
     server.app.state.handoff = handoff
+    install_error_handlers(server.app)  # every route's errors in its own shape, whatever the capabilities
     if {"analyze", "embed"} & set(settings.capabilities):
         add_operation_routes(server.app, status_dir, apis[0].authorize)
     if "search" in settings.capabilities:

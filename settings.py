@@ -112,6 +112,16 @@ def _index_name(name, raw):
     return value
 
 
+def _routes(name, raw):
+    """Comma-separated paths, each exact or ending in * (a prefix); `none` for no public route."""
+    if raw.strip().lower() == "none":
+        return ()
+    routes = tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+    if not routes or any(not r.startswith("/") or any(c.isspace() for c in r) or "*" in r[:-1] for r in routes):
+        raise SettingsError(f"{name}={raw!r}: expected paths such as /health,/info,/static/* (or none)")
+    return routes
+
+
 def _models(name, raw):
     """A comma list of embedding models, or `none` for signatures only."""
     if raw.strip().lower() == "none":
@@ -137,6 +147,7 @@ class Settings:
     accelerator: str = "auto"
     request_timeout: float = 30.0
     api_key: str | None = None
+    public_routes: tuple[str, ...] = ("/health",)  # answered without API_KEY (apis/auth.py)
     capabilities: tuple[str, ...] = CAPABILITIES
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "imageserver")
     averaging_method: str = "arithmetic"
@@ -145,6 +156,8 @@ class Settings:
     stats_batch_timeout: float = 0.005
     max_upload_bytes: int = 25 * 1024**2
     max_image_pixels: int = 64_000_000
+    max_json_depth: int = 32  # nesting of any JSON a client sends (apis/request_body.py)
+    max_tasks: int = 64  # tasks in one /analyze request
     image_formats: tuple[str, ...] = IMAGE_FORMATS
     fetch_timeout: float = 10.0
     fetch_max_bytes: int = 25 * 1024**2
@@ -201,6 +214,9 @@ VARIABLES = {
     "REQUEST_TIMEOUT": ("request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest wait in a queue (504)"),
     "CAPABILITIES": ("capabilities", lambda n, r: _subset(n, r, CAPABILITIES), ",".join(CAPABILITIES), "endpoints to serve"),
     "API_KEY": ("api_key", lambda n, r: r or None, "any string", "if set, every request needs X-API-Key"),
+    "PUBLIC_ROUTES": (
+        "public_routes", _routes, "paths, comma-separated (/static/* a prefix) or none", "routes that need no API_KEY",
+    ),
     "CACHE_DIR": ("cache_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "derived tables kept between runs"),
     "AVERAGING_METHOD": (
         "averaging_method", lambda n, r: _choice(n, r, AVERAGING_METHODS), "|".join(AVERAGING_METHODS),
@@ -213,6 +229,8 @@ VARIABLES = {
     ),
     "MAX_UPLOAD_BYTES": ("max_upload_bytes", _bytes, "bytes (25MB, 24MiB)", "largest request body (413)"),
     "MAX_IMAGE_PIXELS": ("max_image_pixels", lambda n, r: _int(n, r, 1), "pixels", "largest image, checked before decoding (413)"),
+    "MAX_JSON_DEPTH": ("max_json_depth", lambda n, r: _int(n, r, 2, 512), "2-512", "deepest nesting of client JSON (400)"),
+    "MAX_TASKS": ("max_tasks", lambda n, r: _int(n, r, 1, 1024), "1-1024", "tasks in one /analyze request (422)"),
     "IMAGE_FORMATS": ("image_formats", _formats, ",".join(IMAGE_FORMATS), "formats accepted (415 otherwise)"),
     "FETCH_TIMEOUT": ("fetch_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "total time for one URL fetch"),
     "FETCH_MAX_BYTES": ("fetch_max_bytes", _bytes, "bytes", "largest image fetched from a URL (413)"),

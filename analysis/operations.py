@@ -10,6 +10,7 @@ TARGETS = ("whole_image", "prominent_person", "prominent_face")
 FACE_CONTEXTS = ("prominent_person", "whole_image")
 PROMINENT = ("score", "area")
 MAX_CAPTION_LENGTH = 512
+MAX_ID_LENGTH = 256  # characters of an operation_id or a collection_id: names, not documents
 EMBEDDERS = {  # operation type -> embedding model name
     "embed_clip_vit_b_32": "clip_vit_b_32",
     "embed_dino_v2": "dino_v2",
@@ -73,10 +74,20 @@ class Task:
         return ("prominent_face", self.face_context, self.prominent)
 
 
+def _shown(value) -> str:
+    """A client's value in a message: text quoted and cut short, anything else by its type alone."""
+    if isinstance(value, str):
+        return repr(value[:40])
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:40]
+    kind = {dict: "object", list: "array"}.get(type(value), type(value).__name__)
+    return f"a JSON {kind}"
+
+
 def _choice(params: dict, name: str, allowed: tuple, default: str) -> str:
     value = params.get(name, default)
-    if value not in allowed:
-        raise TaskError(f"{name} {str(value)[:40]!r} is not one of {', '.join(allowed)}")
+    if not isinstance(value, str) or value not in allowed:
+        raise TaskError(f"{name} {_shown(value)} is not one of {', '.join(allowed)}")
     return value
 
 
@@ -87,18 +98,20 @@ def parse_task(raw) -> Task:
     kind = raw.get("type")
     operation = OPERATIONS.get(kind) if isinstance(kind, str) else None
     if operation is None:
-        raise TaskError(f"unknown operation type {str(kind)[:40]!r}; known: {', '.join(OPERATIONS)}")
+        raise TaskError(f"unknown operation type {_shown(kind)}; known: {', '.join(OPERATIONS)}")
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise TaskError("params must be an object")
     target = params.get("target", operation.default_target)
-    if target not in operation.targets:
-        raise TaskError(f"unsupported target {str(target)[:40]!r} for {kind}; allowed: {', '.join(operation.targets)}")
+    if not isinstance(target, str) or target not in operation.targets:
+        raise TaskError(f"unsupported target {_shown(target)} for {kind}; allowed: {', '.join(operation.targets)}")
     clean = {}
     if kind == "classify":
         collection = params.get("collection_id")
         if isinstance(collection, bool) or not isinstance(collection, (int, str)) or str(collection).strip() == "":
             raise TaskError("classify needs params.collection_id (an integer or a string id)")
+        if len(str(collection)) > MAX_ID_LENGTH:
+            raise TaskError(f"collection_id is longer than {MAX_ID_LENGTH} characters")
         clean["collection_id"] = str(collection).strip()
     if kind == "describe_image":
         length = params.get("max_length", 50)

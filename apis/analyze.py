@@ -5,22 +5,20 @@ Each task: {"operation_id", "type", "params"}. Answer: {"image_url", "results": 
 `predict` gets a batch of requests and runs each model once over all their images and crops.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from analysis.operations import TaskError, parse_task
+from analysis.operations import MAX_ID_LENGTH, TaskError, parse_task
 from analysis.runner import Analyzer
 from apis.base import ImageAPI, ServerFault, error_response, log
 from apis.handoff import Blob
 from apis.model_status import write_counters, write_statuses
-from apis.request_body import Upload, as_http_error, image_bytes, read_fields
+from apis.request_body import Upload, as_http_error, image_bytes, load_json, read_fields
 from errors import InputError
 
 IMAGE_FIELDS = ("image_url", "image_base64", "image_file", "content")
-MAX_TASKS = 64
 ANALYZE_MODELS = ("person_detector", "face_detector", "clip_vit_b_32", "dino_v2", "mobilenet_v2", "captioner")
 
 
@@ -40,21 +38,21 @@ def image_field(fields: dict) -> str:
     return present[0]
 
 
-def parse_tasks(fields: dict) -> list:
+def parse_tasks(fields: dict, settings) -> list:
+    """The request's tasks (JSON `tasks`, or multipart text `tasks_json`), at most MAX_TASKS of them."""
     raw = fields.get("tasks", fields.get("tasks_json"))
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(400, f"tasks_json is not valid JSON: {exc}") from None
+        raw = load_json(raw, "tasks_json", settings.max_json_depth)
     if not isinstance(raw, list) or not raw:
         raise InputError(422, "tasks must be a non-empty list of {operation_id, type, params}")
-    if len(raw) > MAX_TASKS:
-        raise InputError(422, f"at most {MAX_TASKS} tasks per request, got {len(raw)}")
+    if len(raw) > settings.max_tasks:
+        raise InputError(422, f"at most {settings.max_tasks} tasks per request (MAX_TASKS), got {len(raw)}")
     ids = [t.get("operation_id") if isinstance(t, dict) else None for t in raw]
     for op_id in ids:
         if not isinstance(op_id, str) or not op_id:
             raise InputError(422, "every task needs a non-empty string operation_id")
+        if len(op_id) > MAX_ID_LENGTH:
+            raise InputError(422, f"an operation_id is {len(op_id)} characters; the limit is {MAX_ID_LENGTH}")
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise InputError(422, f"duplicate operation_id: {', '.join(duplicates)}")
@@ -72,7 +70,7 @@ async def read_analyze_request(request: Request):
     try:
         fields = await read_fields(request, raw_field="image_file")
         field = image_field(fields)
-        tasks = parse_tasks(fields)
+        tasks = parse_tasks(fields, settings)
         data = await image_bytes(fields, field, settings)
     except InputError as exc:
         raise as_http_error(exc) from None

@@ -16,7 +16,7 @@ from apis.analyze import image_field
 from apis.base import ImageAPI, ServerFault, error_response, log
 from apis.handoff import Blob
 from apis.model_status import write_counters, write_statuses
-from apis.request_body import as_http_error, image_bytes, read_fields
+from apis.request_body import as_http_error, image_bytes, read_fields, shown
 from errors import InputError
 from models.registry import EMBEDDING_MODELS
 
@@ -38,9 +38,10 @@ class EmbedRequest:
 
 
 def _model_name(value) -> str:
-    name = EMBEDDERS.get(value, value)  # the /analyze type names work too
+    """A model name (text; a list or an object is refused, not looked up)."""
+    name = EMBEDDERS.get(value, value) if isinstance(value, str) else None  # the /analyze type names work too
     if name not in EMBEDDING_MODELS:
-        raise InputError(422, f"model {str(value)[:40]!r} is not one of {', '.join(EMBEDDING_MODELS)}")
+        raise InputError(422, f"model {shown(value)} is not one of {', '.join(EMBEDDING_MODELS)}")
     return name
 
 
@@ -49,7 +50,7 @@ def _flag(value) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
         return value.strip().lower() in ("true", "1", "yes")
-    raise InputError(422, "normalize must be true or false")
+    raise InputError(422, f"normalize must be true or false, not {shown(value)}")
 
 
 async def read_embed_request(request: Request):

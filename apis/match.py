@@ -15,12 +15,13 @@ runs in apis/search.py's workers.
 """
 
 import json
+import re
 from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
 from apis.handoff import Blob
-from apis.request_body import Upload, image_bytes
+from apis.request_body import image_bytes, load_json, shown
 from errors import InputError
 
 # path -> the envelope's "method"; every path of match's API answers errors in the envelope too
@@ -30,6 +31,7 @@ MAX_FILEPATH = 4096  # characters; the filepath is the caller's name for the ima
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 1000
 MAX_OFFSET = 2**62  # beyond any index, inside SQLite's 64-bit integers
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")  # ASCII digits only: str.isdigit() also takes "²"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -90,7 +92,7 @@ def text_field(fields: dict, name: str, required: bool = False) -> str | None:
             raise InputError(400, f"missing field '{name}'")
         return None
     if not isinstance(value, str):
-        raise InputError(400, f"field '{name}' must be text, not {'a file' if isinstance(value, Upload) else type(value).__name__}")
+        raise InputError(400, f"field '{name}' must be text, not {shown(value)}")
     return value
 
 
@@ -102,7 +104,7 @@ def flag(fields: dict, name: str, default: bool) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise InputError(400, f"field '{name}' must be true or false, not {str(value)[:40]!r}")
+    raise InputError(400, f"field '{name}' must be true or false, not {shown(value)}")
 
 
 def integer(fields: dict, name: str, default: int) -> int:
@@ -110,11 +112,12 @@ def integer(fields: dict, name: str, default: int) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InputError(400, f"field '{name}' must be an integer")
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(400, f"field '{name}' must be an integer, not {value[:40]!r}") from None
+        raise InputError(400, f"field '{name}' must be an integer, not {shown(value)}")
+    if isinstance(value, int):
+        return value
+    if not _INTEGER.match(value):
+        raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")
+    return int(value)
 
 
 def filepath_field(fields: dict) -> str:
@@ -130,17 +133,15 @@ def filepath_field(fields: dict) -> str:
     return path
 
 
-def metadata_field(fields: dict) -> dict:
+def metadata_field(fields: dict, max_depth: int) -> dict:
+    """match's metadata: a JSON object, as form text or (in a JSON body) as an object, at most max_depth deep."""
     raw = fields.get("metadata")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw, parse_constant=_no_constant)
-        except json.JSONDecodeError as exc:
-            raise InputError(400, f"field 'metadata' is not valid JSON ({exc})") from None
+        raw = load_json(raw, "field 'metadata'", max_depth)
     if not isinstance(raw, dict):
-        raise InputError(400, f"field 'metadata' must be a JSON object, not {type(raw).__name__}")
+        raise InputError(400, f"field 'metadata' must be a JSON object, not {shown(raw)}")
     try:  # what the stores will write: strict JSON (no NaN), valid UTF-8 (no lone surrogates)
         json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError) as exc:
@@ -148,12 +149,8 @@ def metadata_field(fields: dict) -> dict:
     return raw
 
 
-def _no_constant(name: str):
-    raise InputError(400, f"field 'metadata' is not valid JSON ({name} is not a JSON number)")
-
-
 async def read_add(fields: dict, settings):
-    request = AddRequest(filepath_field(fields), metadata_field(fields))
+    request = AddRequest(filepath_field(fields), metadata_field(fields, settings.max_json_depth))
     return request, {"image": await one_image(fields, "url", "image", settings)}
 
 

@@ -6,7 +6,8 @@
   the same store here (one per HTTP process). GET /images/{sha256} serves a stored original.
 - GET / serves the web page (web/index.html, its assets under /static) when it exists.
 - Errors on match's paths answer in match's envelope, on /find_similar/ in PicTrace's {"error"} form,
-  whatever raised them: a missing field, a wrong method (405), a bad API key, a queue timeout.
+  whatever raised them: a missing field, a wrong method (405), a bad API key, a queue timeout
+  (apis/error_shapes.py, whose handlers server.py installs for the whole app).
 """
 
 import io
@@ -14,19 +15,15 @@ import re
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from apis.match import MATCH_METHODS, envelope, fail, image_url, list_window
+from apis.match import MATCH_METHODS, envelope, fail, filepath_field, image_url, list_window
 from apis.request_body import read_fields
 from apis.search import SEARCH_PATHS
-from apis.similar import SIMILAR_PATHS, similar_error
 from errors import InputError
 from images.decode import decode_image
 from store.base import StoreError
@@ -34,6 +31,7 @@ from store.open import PerProcess
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SIDE = re.compile(r"^[0-9]{1,5}$")  # ASCII digits: str.isdigit() also takes "²", which int() refuses
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -43,8 +41,6 @@ def add_search_routes(app: FastAPI, settings, auth) -> None:
     _add_store_routes(app, auth)
     _add_image_route(app, auth)
     _add_page(app)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
 
 
 def _share_worker_route(app: FastAPI) -> None:
@@ -89,10 +85,9 @@ def _store_route(app: FastAPI, path: str, methods: list[str], auth, work) -> Non
 
 
 def _filepath(fields: dict) -> str:
-    path = fields.get("filepath")
-    if not isinstance(path, str) or not path:
+    if fields.get("filepath") is None:
         raise InputError(400, "missing field 'filepath' (form field or query parameter)")
-    return path
+    return filepath_field(fields)  # text, not empty, at most MAX_FILEPATH characters, valid UTF-8
 
 
 def _get(collection, fields) -> list:
@@ -149,11 +144,11 @@ _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content
 
 def _add_image_route(app: FastAPI, auth) -> None:
     def original(sha256: str, request: Request, size: str | None = None):
-        if not _SHA256.match(sha256):
+        if not _SHA256.fullmatch(sha256):
             return JSONResponse({"detail": "not a SHA-256: expected 64 lowercase hex digits"}, status_code=400)
-        if size is not None and not (size.isdigit() and THUMBNAIL_SIDES[0] <= int(size) <= THUMBNAIL_SIDES[1]):
-            return JSONResponse({"detail": f"size must be an integer from {THUMBNAIL_SIDES[0]} to {THUMBNAIL_SIDES[1]}"},
-                                status_code=400)
+        low, high = THUMBNAIL_SIDES
+        if size is not None and not (_SIDE.fullmatch(size) and low <= int(size) <= high):
+            return JSONResponse({"detail": f"size must be an integer from {low} to {high}"}, status_code=400)
         path = request.app.state.collection.get().blobs.path(sha256)
         if not path.is_file():
             return JSONResponse({"detail": f"no stored image with sha256 {sha256}"}, status_code=404)
@@ -179,26 +174,3 @@ def _add_page(app: FastAPI) -> None:
 
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=WEB / "static", check_dir=False), name="static")
-
-
-# ---------------------------------------------------------------- errors in each API's own format
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException):
-    path, detail = request.url.path, str(exc.detail)
-    if path in MATCH_METHODS:
-        return fail(MATCH_METHODS[path], exc.status_code, detail, exc.headers)
-    if path in SIMILAR_PATHS:
-        return similar_error(exc.status_code, detail, exc.headers)
-    if exc.status_code == 404 and request.scope.get("route") is None:  # no such path: say so in both forms
-        return JSONResponse({"status": "fail", "error": [f"not found: {path}"], "method": "", "result": [],
-                             "detail": detail}, status_code=404)
-    return await http_exception_handler(request, exc)
-
-
-async def _validation_error(request: Request, exc: RequestValidationError):
-    path = request.url.path
-    if path in MATCH_METHODS or path in SIMILAR_PATHS:
-        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return (fail(MATCH_METHODS[path], 400, message) if path in MATCH_METHODS else similar_error(422, message))
-    return await request_validation_exception_handler(request, exc)

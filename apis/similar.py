@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from apis.handoff import Blob
-from apis.request_body import Upload, image_bytes
+from apis.request_body import Upload, image_bytes, shown
 from errors import InputError
 
 SIMILAR_PATHS = ("/find_similar/", "/find_similar")
@@ -40,22 +40,24 @@ def basename(path: str) -> str:
 
 
 def _limit(value) -> int:
+    """An integer (JSON) or its ASCII digits (form text), from 1 to MAX_LIMIT."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_LIMIT
-    try:
-        limit = int(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        limit = None
+    limit = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        limit = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) <= 20:
+        limit = int(value)
     if limit is None or not 1 <= limit <= MAX_LIMIT:
-        raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {str(value)[:40]!r}")
+        raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {shown(value)}")
     return limit
 
 
 async def read_similar(fields: dict, settings):
     model = fields.get("model") or DEFAULT_MODEL
-    if model not in settings.search_models:
+    if not isinstance(model, str) or model not in settings.search_models:
         indexed = ", ".join(settings.search_models) or "none (SEARCH_MODELS=none)"
-        raise InputError(422, f"model {str(model)[:40]!r} is not indexed here; indexed models: {indexed}")
+        raise InputError(422, f"model {shown(model)} is not indexed here; indexed models: {indexed}")
     limit = _limit(fields.get("limit"))
     given = [name for name in ("file", "image_url") if name in fields]
     if not given:

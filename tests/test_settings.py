@@ -58,6 +58,7 @@ GOOD = {
     "ACCELERATOR": (" CPU ", "cpu"),
     "REQUEST_TIMEOUT": ("2.5", 2.5),
     "API_KEY": ("s3cret key", "s3cret key"),
+    "PUBLIC_ROUTES": (" /health, /info,/static/* ", ("/health", "/info", "/static/*")),
     "CACHE_DIR": ("~/somewhere", os.path.join(os.path.expanduser("~"), "somewhere")),
     "AVERAGING_METHOD": ("Harmonic", "harmonic"),
     "THUMBNAIL_SIZE": ("16", 16),
@@ -65,6 +66,8 @@ GOOD = {
     "STATS_BATCH_TIMEOUT": ("0.001", 0.001),
     "MAX_UPLOAD_BYTES": ("25MB", 25_000_000),
     "MAX_IMAGE_PIXELS": ("1", 1),
+    "MAX_JSON_DEPTH": ("8", 8),
+    "MAX_TASKS": ("1024", 1024),
     "IMAGE_FORMATS": ("jpeg, png", ("JPEG", "PNG")),
     "FETCH_TIMEOUT": ("0.1", 0.1),
     "FETCH_MAX_BYTES": ("24MiB", 24 * 1024**2),
@@ -127,6 +130,9 @@ BAD = {
     "STATS_BATCH_TIMEOUT": ["-0.1", "nan", "fast"],
     "MAX_UPLOAD_BYTES": ["0", "lots", "-5MB", "25XB", "25 M B", "0.1"],
     "MAX_IMAGE_PIXELS": ["0", "-1", "1e6", "many"],
+    "MAX_JSON_DEPTH": ["1", "513", "deep"],
+    "MAX_TASKS": ["0", "1025", "all"],
+    "PUBLIC_ROUTES": ["health", "/a b", "/static/*/x", ","],
     "IMAGE_FORMATS": ["JPEG,SVG", ",", "heic"],
     "FETCH_TIMEOUT": ["0", "nan", "-3", "ten"],
     "FETCH_MAX_BYTES": ["0", "huge", "1TB"],
@@ -205,6 +211,10 @@ def test_fetch_policy_follows_the_fetch_variables():
 
 def test_search_models_none_means_signatures_only():
     assert load_settings({"SEARCH_MODELS": "None"}).search_models == ()
+
+
+def test_public_routes_none_means_every_route_needs_the_key():
+    assert load_settings({"PUBLIC_ROUTES": "none"}).public_routes == ()
 
 
 def test_elasticsearch_backend_without_its_url_is_a_start_up_error(tmp_path):

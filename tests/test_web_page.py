@@ -148,30 +148,45 @@ def test_page_loads_nothing_from_outside_its_server(page, page_server):
     assert page.script_errors == []
 
 
-def test_with_an_api_key_the_page_asks_for_it_then_sends_it_for_search_and_thumbnails(browser, tmp_path_factory,
-                                                                                     server_logs, cache_dir):
+def test_with_an_api_key_the_page_asks_for_it_first_then_sends_it_for_search_and_thumbnails(browser, tmp_path_factory,
+                                                                                           server_logs, cache_dir):
+    """Every route needs the key, the page too: the browser first gets the server's key page (apis/auth.py),
+    which keeps the key (local storage for the page's requests, a cookie for its loads) and reloads."""
     server = indexed_server(server_logs, tmp_path_factory.mktemp("web-page-key-data"), cache_dir, "web-page-key",
                             API_KEY=API_KEY)
     context, page = open_page(browser, server.url)
     try:
-        page.set_input_files("#file", photos.path("astronaut"))
-        page.wait_for_selector("#error", state="visible", timeout=30_000)
-        assert "X-API-Key" in page.inner_text("#error")  # the server's 401 message
-        assert page.locator("#key-box").get_attribute("open") is not None  # the key field is shown
+        page.wait_for_selector("#key-form")
+        assert "API key" in page.inner_text("h1") and page.locator("#file").count() == 0
+        page.fill("#key", "not-the-key")
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        page.wait_for_selector("#key-form")  # asked again, saying why
+        assert "refused" in page.inner_text("#why")
 
-        page.fill("#api-key", API_KEY)
-        page.dispatch_event("#api-key", "change")  # searches the same image again, now with the key
+        page.fill("#key", API_KEY)
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        page.wait_for_selector("#file", state="attached")  # the page itself, its script and style loaded by cookie
+        assert page.input_value("#api-key") == API_KEY  # app.js found the key in local storage
+        page.set_input_files("#file", photos.path("astronaut"))
         match = first_match(page)
         assert match.get_attribute("data-filepath") == "people/astronaut.png"
         assert page.is_hidden("#error")
-        # an <img> cannot send the header: the thumbnail was fetched with it and shown from a blob
+        # the thumbnail was fetched with the header and shown from a blob
         assert_thumbnail_loaded(page, match)
         assert match.locator("img").get_attribute("src").startswith("blob:")
 
-        with page.expect_request(lambda request: request.url.endswith("/find_similar/")):
-            page.set_input_files("#file", photos.path("astronaut"))  # the same file chosen again searches again
+        # a wrong key typed in the page's own key box: the search is refused and says why
+        page.fill("#api-key", "not-the-key")
+        page.dispatch_event("#api-key", "change")  # searches the same image again, with that key
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        assert "X-API-Key" in page.inner_text("#error")  # the server's 401 message
+        page.fill("#api-key", API_KEY)
+        page.dispatch_event("#api-key", "change")
         assert first_match(page).get_attribute("data-filepath") == "people/astronaut.png"
-        # the browser logs the refused request itself; nothing else went wrong
+        assert page.is_hidden("#error")
+        # the browser logs the refused requests itself (the key page's 401s, the refused search); nothing else
         assert all("status of 401" in error for error in page.script_errors), page.script_errors
     finally:
         context.close()

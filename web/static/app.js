@@ -12,9 +12,19 @@ keyInput.value = localStorage.getItem(KEY_STORE) || "";
 if (keyInput.value) $("key-box").open = true;
 let lastFile = null;  // searched again when the key changes (the usual answer to a 401)
 keyInput.addEventListener("change", () => {
-  localStorage.setItem(KEY_STORE, keyInput.value.trim());
+  rememberKey(keyInput.value.trim());
   if (lastFile) search(lastFile);
 });
+
+// The key goes in local storage (sent as X-API-Key on every fetch) and in a cookie the server accepts on
+// GET alone: what a page load, its script and stylesheet can send (see the server's apis/auth.py).
+function rememberKey(key) {
+  localStorage.setItem(KEY_STORE, key);
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = key
+    ? `${KEY_STORE}=${encodeURIComponent(key)}; Path=/; Max-Age=31536000; SameSite=Strict${secure}`
+    : `${KEY_STORE}=; Path=/; Max-Age=0; SameSite=Strict${secure}`;
+}
 
 fileInput.addEventListener("change", () => {
   if (fileInput.files[0]) search(fileInput.files[0]);
