@@ -13,7 +13,11 @@ Here, per capability:
 - a dead worker: each worker announces its pid when it takes a request (LitServe's START message), the
   waiting HTTP process checks that pid while it waits, and answers 503 as soon as it is gone; the
   main process restarts the worker (with a back-off when one keeps dying) and every other worker
-  goes on serving.
+  goes on serving;
+- a request lost in transit: a worker killed while blocked in the queue's get() leaves the manager to
+  pop the next request and send it to a dead socket, so that request never starts. The queue is FIFO,
+  so a request still not started LOST_GRACE seconds after a later one (of the same HTTP process) did
+  was lost, and is answered 503 too.
 """
 
 import asyncio
@@ -33,6 +37,7 @@ log = logging.getLogger("imageserver.serving")
 
 POLL = 0.25  # seconds between the waiting request's looks at its worker
 MONITOR_INTERVAL = 0.5  # seconds between the main process's looks at the workers
+LOST_GRACE = 3.0  # seconds a request may stay unstarted after a later one started (START messages race)
 RETRY_AFTER = "1"  # seconds; a full queue drains in about a batch's time
 QUICK_DEATH = 30.0  # seconds: a worker dying sooner after its start is restarted with a growing delay
 GRACEFUL_SECONDS = 3  # uvicorn's wait for open requests at shutdown (LitServe's 30 s outlasts a stop)
@@ -71,8 +76,27 @@ def process_alive(pid: int) -> bool:
             return True
 
 
+class StartOrder:
+    """Per HTTP process and API: the highest submission number that a worker has started."""
+
+    def __init__(self):
+        self.submitted = 0
+        self.highest_started = 0
+
+    def next(self) -> int:
+        self.submitted += 1
+        return self.submitted
+
+    def started(self, number: int) -> None:
+        self.highest_started = max(self.highest_started, number)
+
+
 class AdmittingHandler(RegularRequestHandler):
     """LitServe's handler with admission, a whole-request deadline and dead-worker detection."""
+
+    def __init__(self, lit_api, server):
+        super().__init__(lit_api, server)
+        self.order = StartOrder()  # each forked HTTP process has its own copy
 
     async def handle_request(self, request, request_type):
         server, path = self.server, self.lit_api.api_path
@@ -96,10 +120,11 @@ class AdmittingHandler(RegularRequestHandler):
         deadline = (_arrival.get() or time.monotonic()) + timeout if timeout not in (None, False, -1) else None
         payload = await self._prepare_request(request, request_type)
         uid, _ = await self._submit_request(payload)
+        number = self.order.next()
         item = ResponseBufferItem(asyncio.Event())
         self.server.response_buffer[uid] = item
         try:
-            await self._wait(item, deadline)
+            await self._wait(item, deadline, number)
         finally:
             self.server.response_buffer.pop(uid, None)  # a late answer finds no one waiting and is dropped
         response, status = item.response
@@ -107,20 +132,34 @@ class AdmittingHandler(RegularRequestHandler):
             self._handle_error_response(response)
         return response
 
-    async def _wait(self, item: ResponseBufferItem, deadline: float | None) -> None:
+    async def _wait(self, item: ResponseBufferItem, deadline: float | None, number: int) -> None:
+        overtaken_at = None  # when a later request was first seen started while this one was not
         while True:
             step = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if step <= 0:
+                log.warning("%s: no answer within REQUEST_TIMEOUT (worker %s, request %d, highest started %d)",
+                            self.lit_api.api_path, item.worker_id, number, self.order.highest_started)
                 raise HTTPException(504, f"no answer within REQUEST_TIMEOUT ({self.server.timeout:g} s)")
             try:
                 await asyncio.wait_for(item.event.wait(), timeout=step)
+                self.order.started(number)  # answered, so it was taken from the queue
                 return
             except asyncio.TimeoutError:
                 pass
-            if item.worker_id is not None and not process_alive(item.worker_id):
-                raise HTTPException(
-                    503, "the worker processing this request stopped; it is being restarted, retry shortly",
-                    headers={"Retry-After": RETRY_AFTER})
+            if item.worker_id is not None:
+                self.order.started(number)
+                if not process_alive(item.worker_id):
+                    raise HTTPException(
+                        503, "the worker processing this request stopped; it is being restarted, retry shortly",
+                        headers={"Retry-After": RETRY_AFTER})
+            elif self.order.highest_started > number:
+                overtaken_at = overtaken_at or time.monotonic()
+                if time.monotonic() - overtaken_at > LOST_GRACE:
+                    log.error("%s: a request taken from the queue never started (its worker died); answering 503",
+                              self.lit_api.api_path)
+                    raise HTTPException(
+                        503, "this request was lost by a worker that stopped; it is being restarted, retry shortly",
+                        headers={"Retry-After": RETRY_AFTER})
 
 
 class ImageServer(ls.LitServer):

@@ -90,12 +90,15 @@ def start_server(log_dir: Path, name: str, script: str = "server.py", **override
     port = free_port()
     # the /stats tests need no models: CAPABILITIES=stats unless a test asks for more; never download
     defaults = {"CAPABILITIES": "stats", "ALLOW_DOWNLOADS": "false"}
-    env = server_env(HOST="127.0.0.1", PORT=port, LOG_LEVEL="WARNING", **{**defaults, **overrides})
+    env = server_env(**{"HOST": "127.0.0.1", "PORT": port, "LOG_LEVEL": "WARNING", **defaults, **overrides})
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, script], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
+            # a test run started in the background has SIGINT ignored, and children inherit that: the
+            # server must get Ctrl+C's default behaviour for the SIGINT tests to mean anything
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + HEALTH_TIMEOUT
