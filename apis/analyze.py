@@ -105,7 +105,7 @@ class AnalyzeAPI(ImageAPI):
             return decoded
         return request.source, decoded.image.convert("RGB"), request.tasks
 
-    def predict(self, x):
+    def infer(self, x):
         items = self.as_batch(x)
         valid = [i for i, item in enumerate(items) if isinstance(item, tuple)]
         outputs = list(items)

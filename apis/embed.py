@@ -90,7 +90,7 @@ class EmbedAPI(ImageAPI):
             return decoded
         return request, decoded.image.convert("RGB")
 
-    def predict(self, x):
+    def infer(self, x):
         items = self.as_batch(x)
         outputs = list(items)
         for name, model in self.models.items():

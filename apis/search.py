@@ -119,7 +119,7 @@ class SearchAPI(ImageAPI):
             return (request.model,)
         return ()
 
-    def predict(self, x):
+    def infer(self, x):
         items = self.as_batch(x)
         self._embed(items)
         jobs = [(i, item) for i, item in enumerate(items) if isinstance(item, _Job)]

@@ -58,7 +58,7 @@ class StatsAPI(ImageAPI):
             return image
         return StatsInput(image, request.averaging_method or self.settings.averaging_method)
 
-    def predict(self, x):
+    def infer(self, x):
         return self.from_batch(self.run_each(self.as_batch(x), self.model.one))
 
     def encode_response(self, output):
