@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test curl-test client-test client-search-demo chromium bench bench-analyze bench-search photos weights install install-test clean
+.PHONY: run test curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -82,6 +82,10 @@ bench: install-test
 
 bench-analyze: install-test
 	$(PY) -m bench.analyze
+
+# 64 clients on one /stats worker: a bounded queue against an unbounded one (bench/README.md)
+bench-backpressure: install-test
+	$(PY) -m bench.backpressure
 
 # its data and stores (10k, 100k, 1M records) are built once in ~/.cache/imageserver-bench/search (17 GB)
 bench-search: install-test
