@@ -290,8 +290,8 @@ def test_bad_input_gets_its_4xx_and_the_server_keeps_answering(client, server, p
 def test_png_declaring_30000x30000_pixels_is_413_quickly(client, server):
     data = huge_png()
     assert len(data) < 200
-    with Image.open(io.BytesIO(data)) as probe:  # a well-formed PNG header
-        assert probe.size == (30000, 30000)
+    # a well-formed PNG header (read by hand: Pillow's own bomb guard refuses to open it, as it should)
+    assert data[12:16] == b"IHDR" and struct.unpack(">II", data[16:24]) == (30000, 30000)
     started = time.monotonic()
     response = upload(client, server, data, filename="bomb.png")
     elapsed = time.monotonic() - started
