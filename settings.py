@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
-from images.decode import DecodeLimits
+from images.decode import DEFAULT_FORMATS, FORMATS, DecodeLimits
 from images.fetch import FetchPolicy, parse_networks
 from models.registry import EMBEDDING_MODELS
 
@@ -19,7 +19,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CAPABILITIES = ("stats", "analyze", "embed", "search")
 STORE_BACKENDS = ("sqlite", "elasticsearch")
 REFRESH_POLICIES = ("wait_for", "true", "false")
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+IMAGE_FORMATS = FORMATS  # what IMAGE_FORMATS may name: ICO and ICNS are opt-in
+DEFAULT_IMAGE_FORMATS = DEFAULT_FORMATS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
@@ -78,6 +79,16 @@ def _subset(name, raw, allowed, upper=False):
 
 def _formats(name, raw):
     return _subset(name, raw, IMAGE_FORMATS, upper=True)
+
+
+def _ratio(name, raw):
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a ratio such as 50") from None
+    if not 1.0 <= value < float("inf"):  # also rejects nan
+        raise SettingsError(f"{name}={raw!r}: expected a ratio >= 1")
+    return value
 
 
 def _bool(name, raw):
@@ -158,7 +169,11 @@ class Settings:
     max_image_pixels: int = 64_000_000
     max_json_depth: int = 32  # nesting of any JSON a client sends (apis/request_body.py)
     max_tasks: int = 64  # tasks in one /analyze request
-    image_formats: tuple[str, ...] = IMAGE_FORMATS
+    image_formats: tuple[str, ...] = DEFAULT_IMAGE_FORMATS
+    max_image_aspect: float = 50.0
+    max_image_frames: int = 1000
+    max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 400_000_000
     fetch_timeout: float = 10.0
     fetch_max_bytes: int = 25 * 1024**2
     fetch_max_redirects: int = 5
@@ -188,7 +203,11 @@ class Settings:
 
     @property
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_upload_bytes, self.max_image_pixels, self.image_formats)
+        return DecodeLimits(
+            max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels, formats=self.image_formats,
+            max_aspect=self.max_image_aspect, max_frames=self.max_image_frames, max_jpeg_scans=self.max_jpeg_scans,
+            max_jpeg_scan_pixels=self.max_jpeg_scan_pixels,
+        )
 
     @property
     def fetch_policy(self) -> FetchPolicy:
@@ -232,6 +251,14 @@ VARIABLES = {
     "MAX_JSON_DEPTH": ("max_json_depth", lambda n, r: _int(n, r, 2, 512), "2-512", "deepest nesting of client JSON (400)"),
     "MAX_TASKS": ("max_tasks", lambda n, r: _int(n, r, 1, 1024), "1-1024", "tasks in one /analyze request (422)"),
     "IMAGE_FORMATS": ("image_formats", _formats, ",".join(IMAGE_FORMATS), "formats accepted (415 otherwise)"),
+    "MAX_IMAGE_ASPECT": ("max_image_aspect", _ratio, "a ratio >= 1", "longest side / shortest side (413)"),
+    "MAX_IMAGE_FRAMES": (
+        "max_image_frames", lambda n, r: _int(n, r, 1), "frames", "frames of an animation, pages, icons in an ICO (413)",
+    ),
+    "MAX_JPEG_SCANS": ("max_jpeg_scans", lambda n, r: _int(n, r, 1), "scans", "scans of a progressive JPEG (413)"),
+    "MAX_JPEG_SCAN_PIXELS": (
+        "max_jpeg_scan_pixels", lambda n, r: _int(n, r, 1), "pixels", "pixels decoded over all scans of a JPEG (413)",
+    ),
     "FETCH_TIMEOUT": ("fetch_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "total time for one URL fetch"),
     "FETCH_MAX_BYTES": ("fetch_max_bytes", _bytes, "bytes", "largest image fetched from a URL (413)"),
     "FETCH_MAX_REDIRECTS": ("fetch_max_redirects", lambda n, r: _int(n, r, 0, 20), "0-20", "redirects followed"),

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from models.base import ImageModel, ModelUnavailable
+from models.preprocess import centre_window, processor_window
 from models.weights import describe_failure, offline_guard, pretrained_source
 
 DEFAULT_MAX_LENGTH = 50  # tokens, counting BLIP's start token, as in the seed's `max_length`
@@ -24,6 +25,7 @@ class Captioner(ImageModel):
         self.num_beams = num_beams
         self.model = None
         self.processor = None
+        self.window = None  # set when the image processor resizes the short side (BLIP's resizes to a fixed square)
 
     def load(self, device: str) -> None:
         offline_guard(self.settings)  # before transformers looks anything up
@@ -42,6 +44,7 @@ class Captioner(ImageModel):
         if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
             raise ModelUnavailable(f"captioning model {name}: {type(processor).__name__} has no tokenizer")
         self.model, self.processor, self.device = model, processor, device
+        self.window = processor_window(processor.image_processor)
 
     @torch.inference_mode()
     def forward(self, images: list[Image.Image], max_length: int = DEFAULT_MAX_LENGTH,
@@ -52,7 +55,8 @@ class Captioner(ImageModel):
             return []
         if max_length < 2:  # the start token alone takes one position
             raise ValueError(f"max_length must be >= 2, got {max_length}")
-        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        bounded = [centre_window(im, *self.window) if self.window else im for im in images]
+        inputs = self.processor(images=[im.convert("RGB") for im in bounded], return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
         ids = self.model.generate(
             pixel_values=pixels, max_length=max_length, num_beams=num_beams or self.num_beams,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from models import weights
 from models.base import EmbeddingModel
+from models.preprocess import centre_window, transform_window
 
 
 class ClipEmbedder(EmbeddingModel):
@@ -26,6 +27,7 @@ class ClipEmbedder(EmbeddingModel):
         self.model = None
         self.preprocess = None
         self.dim = None
+        self.window = None  # (short side, centre crop) of the val transform, when it resizes the short side
 
     def load(self, device: str) -> None:
         weights.offline_guard(self.settings)
@@ -45,10 +47,14 @@ class ClipEmbedder(EmbeddingModel):
             raise weights.describe_failure(exc, f"CLIP {arch}/{tag}") from exc
         self.model, self.preprocess, self.device = model, preprocess, device  # the *val* transform: no augmentation
         self.dim = int(model.visual.output_dim)
+        self.window = transform_window(preprocess)
         # open_clip's image_size is the side its val transform resizes to (shortest-side mode) or
         # squashes/pads to: the short side never needs more pixels than that
         size = getattr(model.visual, "image_size", None)
         self.input_side = max(size) if isinstance(size, (tuple, list)) else int(size) if size else None
+
+    def _bounded(self, image: Image.Image) -> Image.Image:
+        return centre_window(image, *self.window) if self.window else image
 
     def _autocast(self):
         # fp16 halves the time on a GPU; CPU stays fp32 (CPU half precision is slow and less exact)
@@ -59,7 +65,7 @@ class ClipEmbedder(EmbeddingModel):
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
         if not images:
             return []
-        batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
+        batch = torch.stack([self.preprocess(self._bounded(image).convert("RGB")) for image in images]).to(self.device)
         with torch.inference_mode(), self._autocast():
             features = self.model.encode_image(batch)  # normalize=False: callers normalise if asked
         return list(features.float().cpu().numpy().astype(np.float32, copy=False))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from models import weights
 from models.base import EmbeddingModel
+from models.preprocess import centre_window, processor_window
 
 
 class DinoEmbedder(EmbeddingModel):
@@ -27,6 +28,7 @@ class DinoEmbedder(EmbeddingModel):
         self.model = None
         self.processor = None
         self.dim = None
+        self.window = None  # (short side, centre crop) of the image processor
 
     def load(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModel  # heavy import, only when this model is used
@@ -43,12 +45,14 @@ class DinoEmbedder(EmbeddingModel):
         self.model, self.processor, self.device = model, processor, device
         self.dim = int(model.config.hidden_size)
         self.input_side = _resize_side(processor)
+        self.window = processor_window(processor)
 
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
         if not images:
             return []
         # one processor call: every image is resized and cropped to the same size, so they stack
-        inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        bounded = [centre_window(image, *self.window) if self.window else image for image in images]
+        inputs = self.processor(images=[image.convert("RGB") for image in bounded], return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device)
         with torch.inference_mode():
             output = self.model(pixel_values=pixels)

@@ -2,10 +2,18 @@
 
 Values: rationals become floats (None for a zero denominator), tuples become lists, text bytes become
 strings, up to 8 other bytes become integers, longer blobs become "base64:<data>". Tags Pillow has no name for are kept as "0xNNNN".
+
+EXIF is whatever the file says, so nothing here trusts a type, a count or a pointer: a value Pillow
+cannot read is dropped, a value over MAX_VALUE_BYTES is summarised as "<N bytes>" without being
+unpacked (a 20 MB PNG eXIf chunk of SHORTs would otherwise become a 10-million-item list), an IFD
+holds at most MAX_TAGS tags, and a nested IFD whose pointer is not an offset inside the data is
+skipped. Pointers are followed one level only (IFD0 -> Exif, GPS; Exif -> Interop), so a pointer
+loop cannot recurse.
 """
 
 import base64
 import math
+import warnings
 
 from PIL import ExifTags, Image, TiffImagePlugin
 
@@ -14,6 +22,8 @@ _USER_COMMENT_CODES = {b"ASCII\0\0\0": "ascii", b"UNICODE\0": "utf-16", b"JIS\0\
 # GPS tags that say how to read other tags; a block holding only these carries no position
 _GPS_FRAMING = {"GPSVersionID", "GPSLatitudeRef", "GPSLongitudeRef", "GPSAltitudeRef", "GPSMapDatum"}
 _DEFAULT_STRINGS = {"", "1970:01:01", "0000:00:00"}
+MAX_VALUE_BYTES = 64 * 1024  # larger than a JPEG's whole EXIF segment may be
+MAX_TAGS = 1024  # per IFD; real ones hold a few dozen
 
 
 def _text_or_base64(raw: bytes):
@@ -59,10 +69,60 @@ def jsonable(value):
     return str(value)
 
 
+def _raw_size(lazy, tag: int) -> int:
+    """The size of a tag's data that Pillow has read but not unpacked yet (0 when unknown)."""
+    raw = getattr(lazy, "_tagdata", None)  # Pillow's IFDs keep each tag's bytes here until first read
+    data = raw.get(tag) if isinstance(raw, dict) else None
+    return len(data) if isinstance(data, (bytes, bytearray)) else 0
+
+
+def _read(mapping, lazy=None) -> dict:
+    """{tag: value} of one IFD (an Image.Exif, a Pillow IFD or a dict) within MAX_TAGS and MAX_VALUE_BYTES;
+    `lazy` is the Pillow IFD that still holds unread tags' bytes."""
+    tags = [tag for tag in mapping if isinstance(tag, int)]
+    if len(tags) > MAX_TAGS:
+        tags = sorted(tags)[:MAX_TAGS]
+    out = {}
+    for tag in tags:
+        size = _raw_size(lazy, tag)
+        if size > MAX_VALUE_BYTES:
+            out[tag] = f"<{size} bytes>"
+            continue
+        try:
+            out[tag] = mapping[tag]
+        except Exception:  # a type or count Pillow cannot decode: the tag is dropped, the rest stands
+            continue
+    return out
+
+
+def _sub_ifd(exif: Image.Exif, group: int, offset) -> tuple[object, object]:
+    """(mapping, lazy IFD) of the IFD `offset` points at, read like Pillow's get_ifd but without
+    unpacking every value; ({}, None) for a pointer that is not an offset to a plausible IFD."""
+    fp, head = getattr(exif, "fp", None), getattr(exif, "head", None)
+    if fp is None or not isinstance(head, bytes):  # built in memory, not read from a file
+        return exif.get_ifd(group), None
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return {}, None
+    try:
+        fp.seek(offset)
+        width = 8 if getattr(exif, "bigtiff", False) else 2
+        count = fp.read(width)
+        if len(count) < width or int.from_bytes(count, "little" if head[:2] == b"II" else "big") > MAX_TAGS:
+            return {}, None
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(head, group=group)
+        fp.seek(offset)
+        ifd.load(fp)
+    except Exception:
+        return {}, None
+    return ifd, ifd
+
+
 def _named(ifd: dict, names: dict) -> dict:
     out = {}
     for tag, value in ifd.items():
         name = names.get(tag, f"0x{tag:04x}")
+        if isinstance(value, tuple) and len(value) == 1:  # Pillow's get_ifd unwraps single values too
+            value = value[0]
         out[name] = _user_comment(value) if name == "UserComment" and isinstance(value, bytes) else jsonable(value)
     return out
 
@@ -85,11 +145,21 @@ def gps_is_real(gps: dict) -> bool:
     return any(not _is_default(v) for v in informative.values())
 
 
-def _degrees(value, ref, negative_ref) -> float | None:
-    parts = value if isinstance(value, list) else [value]
-    if not parts or any(p is None for p in parts):
+def _number(value) -> float | None:
+    """A finite real number, or None (text, a list, None, a bool, NaN, an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    degrees = sum(p / 60**i for i, p in enumerate(parts[:3]))
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _degrees(value, ref, negative_ref) -> float | None:
+    """Degrees from 1 to 3 non-negative numbers (degrees, minutes, seconds); None for anything else."""
+    parts = value if isinstance(value, list) else [value]
+    numbers = [_number(p) for p in parts]
+    if not 1 <= len(numbers) <= 3 or any(n is None or n < 0 for n in numbers):
+        return None
+    degrees = sum(n / 60**i for i, n in enumerate(numbers))
     return -degrees if str(ref).strip().upper() == negative_ref else degrees
 
 
@@ -102,8 +172,8 @@ def gps_decimal(gps: dict) -> dict | None:
     if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
         return None
     out = {"latitude": round(lat, 7), "longitude": round(lon, 7)}
-    altitude = gps.get("GPSAltitude")
-    if isinstance(altitude, (int, float)):
+    altitude = _number(gps.get("GPSAltitude"))
+    if altitude is not None:
         out["altitude"] = -altitude if gps.get("GPSAltitudeRef") == 1 else altitude
     return out
 
@@ -111,13 +181,18 @@ def gps_decimal(gps: dict) -> dict | None:
 def exif_to_json(exif: Image.Exif) -> tuple[dict, dict | None]:
     """(exif_data, gps) where exif_data is flat like PIL's _getexif (IFD0 and the Exif IFD merged, the
     GPS block under "GPSInfo", interoperability under "Interop") and gps is decimal or None."""
-    base = {tag: value for tag, value in exif.items() if tag not in _POINTERS}
-    data = _named(base, ExifTags.TAGS)
-    data.update(_named(exif.get_ifd(ExifTags.IFD.Exif), ExifTags.TAGS))
-    interop = _named(exif.get_ifd(ExifTags.IFD.Interop), ExifTags.TAGS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns on every odd tag it skips or trims: that is expected here
+        ifd0 = _read(exif, getattr(exif, "_info", None))
+        exif_ifd = _read(*_sub_ifd(exif, ExifTags.IFD.Exif, ifd0.get(ExifTags.IFD.Exif)))
+        interop_ifd = _read(*_sub_ifd(exif, ExifTags.IFD.Interop, exif_ifd.get(ExifTags.IFD.Interop)))
+        gps_ifd = _read(*_sub_ifd(exif, ExifTags.IFD.GPSInfo, ifd0.get(ExifTags.IFD.GPSInfo)))
+    data = _named({tag: value for tag, value in ifd0.items() if tag not in _POINTERS}, ExifTags.TAGS)
+    data.update(_named(exif_ifd, ExifTags.TAGS))
+    interop = _named(interop_ifd, ExifTags.TAGS)
     if interop:
         data["Interop"] = interop
-    gps = _named(exif.get_ifd(ExifTags.IFD.GPSInfo), ExifTags.GPSTAGS)
+    gps = _named(gps_ifd, ExifTags.GPSTAGS)
     if not gps_is_real(gps):
         return data, None
     data["GPSInfo"] = gps

@@ -12,9 +12,11 @@ from torchvision.transforms import v2
 
 from models import weights
 from models.base import EmbeddingModel, ModelUnavailable
+from models.preprocess import centre_window
 
 FILENAME = "mobilenet_v2-b0353104.pth"
 RESIZE = 256  # torchvision's ImageNet recipe: short side to 256, centre crop 224
+CROP = 224
 URL = f"https://download.pytorch.org/models/{FILENAME}"
 
 
@@ -22,7 +24,7 @@ def imagenet_transform() -> v2.Compose:
     """What MobileNet_V2_Weights.IMAGENET1K_V1.transforms() does, built here so nothing is fetched."""
     return v2.Compose([
         v2.Resize(RESIZE, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-        v2.CenterCrop(224),
+        v2.CenterCrop(CROP),
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
@@ -55,7 +57,8 @@ class MobileNetEmbedder(EmbeddingModel):
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
         if not images:
             return []
-        batch = torch.stack([self.transform(image.convert("RGB")) for image in images]).to(self.device)
+        batch = torch.stack([self.transform(centre_window(image, RESIZE, CROP).convert("RGB")) for image in images])
+        batch = batch.to(self.device)
         with torch.inference_mode():
             maps = self.features(batch)
             vectors = torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1)

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from images.fetch import FetchPolicy
-from settings import IMAGE_FORMATS, VARIABLES, Settings, SettingsError, load_settings
+from images.decode import DecodeLimits
+from settings import DEFAULT_IMAGE_FORMATS, VARIABLES, Settings, SettingsError, load_settings
 
 
 def test_defaults():
@@ -23,7 +24,8 @@ def test_defaults():
     assert settings.stats_max_batch_size == 1
     assert settings.max_upload_bytes == 25 * 1024**2
     assert settings.max_image_pixels == 64_000_000
-    assert settings.image_formats == IMAGE_FORMATS
+    assert settings.image_formats == DEFAULT_IMAGE_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+    assert settings.decode_limits == DecodeLimits()  # the decoder's defaults and the settings' agree
     assert settings.fetch_allow_networks == ()
     assert settings.fetch_policy == FetchPolicy()  # the fetcher's defaults and the settings' agree
     assert "search" in settings.capabilities
@@ -69,6 +71,10 @@ GOOD = {
     "MAX_JSON_DEPTH": ("8", 8),
     "MAX_TASKS": ("1024", 1024),
     "IMAGE_FORMATS": ("jpeg, png", ("JPEG", "PNG")),
+    "MAX_IMAGE_ASPECT": ("2.5", 2.5),
+    "MAX_IMAGE_FRAMES": ("1", 1),
+    "MAX_JPEG_SCANS": ("10", 10),
+    "MAX_JPEG_SCAN_PIXELS": ("1000000", 1_000_000),
     "FETCH_TIMEOUT": ("0.1", 0.1),
     "FETCH_MAX_BYTES": ("24MiB", 24 * 1024**2),
     "FETCH_MAX_REDIRECTS": ("0", 0),
@@ -133,7 +139,11 @@ BAD = {
     "MAX_JSON_DEPTH": ["1", "513", "deep"],
     "MAX_TASKS": ["0", "1025", "all"],
     "PUBLIC_ROUTES": ["health", "/a b", "/static/*/x", ","],
-    "IMAGE_FORMATS": ["JPEG,SVG", ",", "heic"],
+    "IMAGE_FORMATS": ["JPEG,SVG", ",", "heic", "psd"],
+    "MAX_IMAGE_ASPECT": ["0.5", "nan", "inf", "wide"],
+    "MAX_IMAGE_FRAMES": ["0", "-1", "many"],
+    "MAX_JPEG_SCANS": ["0", "ten"],
+    "MAX_JPEG_SCAN_PIXELS": ["0", "4e8"],
     "FETCH_TIMEOUT": ["0", "nan", "-3", "ten"],
     "FETCH_MAX_BYTES": ["0", "huge", "1TB"],
     "FETCH_MAX_REDIRECTS": ["-1", "21", "many"],
@@ -207,6 +217,12 @@ def test_fetch_policy_follows_the_fetch_variables():
     assert settings.fetch_policy == FetchPolicy(
         timeout=3.0, max_bytes=1_000_000, max_redirects=2, allow_networks=(ipaddress.ip_network("192.168.0.0/16"),)
     )
+
+
+def test_icons_are_opt_in_formats_and_reach_the_decoder():
+    settings = load_settings({"IMAGE_FORMATS": "jpeg, ico, ICNS", "MAX_IMAGE_FRAMES": "8"})
+    assert settings.image_formats == ("JPEG", "ICO", "ICNS")
+    assert settings.decode_limits.formats == ("JPEG", "ICO", "ICNS") and settings.decode_limits.max_frames == 8
 
 
 def test_search_models_none_means_signatures_only():
