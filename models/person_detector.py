@@ -86,7 +86,9 @@ class PersonDetector(ImageModel):
         # answer; grouping keeps each result independent of what else was in the batch.
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
-            groups.setdefault(self._padded_shape(image), []).append(i)
+            shape = self._padded_shape(image)
+            if min(shape) > 0:  # a sliver whose short side scales below 1 px holds no person (torchvision fails on it)
+                groups.setdefault(shape, []).append(i)
         results: list[Box | None] = [None] * len(images)
         for indices in groups.values():
             tensors = [to_tensor(images[i].convert("RGB")).to(self.device) for i in indices]

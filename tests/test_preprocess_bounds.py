@@ -144,3 +144,18 @@ def test_mobilenet_vectors_of_a_tall_image_are_unchanged_by_the_window(models):
     windowed = model.forward([image])[0]
     cosine = float(np.dot(direct, windowed) / (np.linalg.norm(direct) * np.linalg.norm(windowed)))
     assert cosine > 0.999
+
+
+def test_person_detector_answers_none_for_a_sliver_too_thin_to_scale(tmp_path):
+    """A 1xN image whose short side scales below one pixel (MAX_IMAGE_ASPECT raised past ~1333) is no
+    person, not a torchvision error; the ordinary image beside it in the batch is still detected."""
+    from models.person_detector import PersonDetector
+    from tests.tiny_models import build_random_person_detector
+
+    build_random_person_detector(tmp_path / "frcnn.pth")
+    detector = PersonDetector(Settings(person_weights=str(tmp_path / "frcnn.pth"), person_min_size=320))
+    detector.load("cpu")
+    slivers = [Image.new("RGB", (1, 5000)), Image.new("RGB", (3000, 1))]
+    results = detector.forward([slivers[0], Image.new("RGB", (320, 240), (9, 9, 9)), slivers[1]])
+    assert results[0] is None and results[2] is None
+    assert len(results) == 3
