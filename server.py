@@ -19,6 +19,7 @@ from apis.match import MATCH_METHODS
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.search import SearchAPI
 from apis.search_routes import add_search_routes
+from apis.serving import ImageServer, RequestClock
 from apis.stats import StatsAPI
 from settings import Settings, SettingsError, load_settings
 from store.open import check_store_settings
@@ -51,8 +52,11 @@ def build_server(settings: Settings) -> ls.LitServer:
         "search": lambda: SearchAPI(settings),
     }
     apis = [available[name]() for name in settings.capabilities]
-    server = ls.LitServer(
+    queue_limits = {api.api_path: (getattr(settings, f"{name}_max_queue"), f"{name.upper()}_MAX_QUEUE")
+                    for name, api in zip(settings.capabilities, apis)}
+    server = ImageServer(
         apis,
+        queue_limits=queue_limits,
         accelerator=resolve_accelerator(settings.accelerator),
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
@@ -64,6 +68,7 @@ def build_server(settings: Settings) -> ls.LitServer:
             (ApiKeyMiddleware, {"api_key": settings.api_key, "public_routes": settings.public_routes}),
             UnforeseenErrorMiddleware,
             RequestIdMiddleware,
+            RequestClock,
         ],
     )
     # read by the request-body dependencies in the HTTP processes

@@ -200,6 +200,11 @@ class Settings:
     search_models: tuple[str, ...] = ("mobilenet_v2",)
     search_max_batch_size: int = 8
     search_batch_timeout: float = 0.01
+    # requests queued or in work per capability before 503 + Retry-After (apis/serving.py)
+    stats_max_queue: int = 256
+    analyze_max_queue: int = 32
+    embed_max_queue: int = 64
+    search_max_queue: int = 64
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -230,7 +235,9 @@ VARIABLES = {
         "torch_threads", lambda n, r: _int(n, r, 0, 256), "0-256", "torch threads per model worker; 0: cores / WORKERS_PER_DEVICE",
     ),
     "ACCELERATOR": ("accelerator", lambda n, r: _choice(n, r, ACCELERATORS), "|".join(ACCELERATORS), "where models run"),
-    "REQUEST_TIMEOUT": ("request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest wait in a queue (504)"),
+    "REQUEST_TIMEOUT": (
+        "request_timeout", lambda n, r: _float(n, r, 0.1), "seconds", "longest time for a whole request (504)",
+    ),
     "CAPABILITIES": ("capabilities", lambda n, r: _subset(n, r, CAPABILITIES), ",".join(CAPABILITIES), "endpoints to serve"),
     "API_KEY": ("api_key", lambda n, r: r or None, "any string", "if set, every request needs X-API-Key"),
     "PUBLIC_ROUTES": (
@@ -294,6 +301,19 @@ VARIABLES = {
     "SEARCH_MODELS": ("search_models", _models, ",".join(EMBEDDING_MODELS) + " or none", "embeddings computed on /add"),
     "SEARCH_MAX_BATCH_SIZE": ("search_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "search batch size"),
     "SEARCH_BATCH_TIMEOUT": ("search_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "search wait to fill a batch"),
+    "STATS_MAX_QUEUE": (
+        "stats_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000", "/stats requests queued or in work (503 past it)",
+    ),
+    "ANALYZE_MAX_QUEUE": (
+        "analyze_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000", "/analyze requests queued or in work (503 past it)",
+    ),
+    "EMBED_MAX_QUEUE": (
+        "embed_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000", "/embed requests queued or in work (503 past it)",
+    ),
+    "SEARCH_MAX_QUEUE": (
+        "search_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000",
+        "/add, /search, /compare, /find_similar/ requests queued or in work (503 past it)",
+    ),
 }
 
 

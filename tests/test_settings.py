@@ -104,6 +104,10 @@ GOOD = {
     "SEARCH_MODELS": ("mobilenet_v2, clip_vit_b_32", ("mobilenet_v2", "clip_vit_b_32")),
     "SEARCH_MAX_BATCH_SIZE": ("16", 16),
     "SEARCH_BATCH_TIMEOUT": ("0", 0.0),
+    "STATS_MAX_QUEUE": ("1000", 1000),
+    "ANALYZE_MAX_QUEUE": ("4", 4),
+    "EMBED_MAX_QUEUE": ("1", 1),
+    "SEARCH_MAX_QUEUE": ("100000", 100000),
 }
 
 
@@ -163,6 +167,10 @@ BAD = {
     "SEARCH_MODELS": ["resnet50", "mobilenet_v2,resnet50", ","],
     "SEARCH_MAX_BATCH_SIZE": ["0", "257", "many"],
     "SEARCH_BATCH_TIMEOUT": ["-1", "nan"],
+    "STATS_MAX_QUEUE": ["0", "100001", "many"],
+    "ANALYZE_MAX_QUEUE": ["-1"],
+    "EMBED_MAX_QUEUE": ["1.5"],
+    "SEARCH_MAX_QUEUE": ["unbounded"],
 }
 CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
