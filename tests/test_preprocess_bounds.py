@@ -159,3 +159,22 @@ def test_person_detector_answers_none_for_a_sliver_too_thin_to_scale(tmp_path):
     results = detector.forward([slivers[0], Image.new("RGB", (320, 240), (9, 9, 9)), slivers[1]])
     assert results[0] is None and results[2] is None
     assert len(results) == 3
+
+
+def test_face_detector_searches_a_huge_photo_at_a_bounded_size():
+    """MTCNN's cost grows with pixels (about 14 s of CPU for 40 MP): a 36-megapixel astronaut is searched
+    reduced, and its face box, scaled back, is the 512 px photo's box scaled up."""
+    import io
+
+    from models.face_detector import FaceDetector
+    from tests import photos
+
+    detector = FaceDetector(Settings())
+    detector.load("cpu")
+    photo = Image.open(io.BytesIO(photos.read("astronaut"))).convert("RGB")
+    started = time.process_time()
+    small, big = detector.forward([photo, photo.resize((6000, 6000))])
+    assert time.process_time() - started < 8.0
+    factor = 6000 / 512
+    for a, b in zip(small.as_list(), big.as_list()):
+        assert abs(a * factor - b) < 0.05 * 6000, (small, big)
