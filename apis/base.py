@@ -69,7 +69,9 @@ class ImageAPI(ls.LitAPI):
         try:
             return decode_image(blob.read(), self.settings.decode_limits, max_side, min_side)
         except InputError as exc:
-            return exc
+            # without its traceback: the frames would keep the refused image (and its buffers) alive for as
+            # long as LitServe's loop keeps this batch, which is until the next request
+            return exc.with_traceback(None)
         except Exception as exc:  # a decoder failure we did not foresee is still this file's fault
             log.warning("decoder failed: %r", exc)
             return InputError(400, f"the image could not be decoded: {exc}")
@@ -105,7 +107,7 @@ class ImageAPI(ls.LitAPI):
             try:
                 out.append(fn(item))
             except InputError as exc:
-                out.append(exc)
+                out.append(exc.with_traceback(None))  # its frames hold the item's pixels
             except Exception as exc:  # one item's bug must not take down the batch or the worker
                 log.exception("%s failed on one item", type(self).__name__)
                 out.append(ServerFault(repr(exc)))

@@ -166,7 +166,7 @@ class SearchAPI(ImageAPI):
                 return [{"score": sig.score(d)}]
             return self._similar(request, job.vectors[request.model])
         except (InputError, StoreError) as exc:
-            return exc
+            return exc.with_traceback(None)  # its frames hold the job's pixels
         except Exception as exc:  # one request's bug must not fail its batch or the worker
             log.exception("search: %s failed", type(job.request).__name__)
             return ServerFault(repr(exc))

@@ -168,3 +168,23 @@ def icns_sizes(data: bytes, max_entries: int) -> list[tuple[int, int]]:
             sizes.append(size)
         pos += length
     return sizes
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP declares (VP8X, VP8 or VP8L, the first chunk), or None if it cannot be read.
+
+    Pillow opens a WebP through libwebp's animation decoder, which allocates two canvas-sized buffers
+    (up to 16383x16383x4 bytes each) before Pillow's own pixel check runs: the size is checked here first.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None

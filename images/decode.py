@@ -120,6 +120,10 @@ def _check_structure(data: bytes, name: str, limits: DecodeLimits) -> float:
             raise InputError(413, f"the TIFF has more than {limits.max_frames} pages (MAX_IMAGE_FRAMES)")
     elif name == "BMP":
         containers.check_bmp(data)
+    elif name == "WEBP":
+        size = containers.webp_size(data)
+        if size is not None:
+            _check_size(*size, limits)
     elif name in ("ICO", "ICNS"):
         sizes = (containers.ico_sizes if name == "ICO" else containers.icns_sizes)(data, limits.max_frames)
         for width, height in sizes:

@@ -443,3 +443,26 @@ def test_open_checked_alone_enforces_the_header_limits():
     with pytest.raises(InputError) as caught:
         open_checked(png_header(1, 60), LIMITS)
     assert "MAX_IMAGE_ASPECT" in caught.value.detail
+
+
+def test_a_webp_over_the_pixel_limit_is_refused_from_its_header_before_libwebp_allocates():
+    """libwebp's animation decoder allocates two canvas-sized buffers when Pillow opens a WebP: the canvas
+    size is read from the VP8X/VP8/VP8L header and checked first."""
+    import io
+
+    from PIL import Image
+
+    from errors import InputError
+    from images.containers import webp_size
+    from images.decode import DecodeLimits, open_checked
+
+    out = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 20, 30)).save(out, "WEBP", quality=10)
+    data = out.getvalue()
+    assert webp_size(data) == (4000, 3000)
+    try:
+        open_checked(data, DecodeLimits(max_pixels=1_000_000))
+    except InputError as exc:
+        assert exc.status == 413 and "MAX_IMAGE_PIXELS" in exc.detail
+    else:
+        raise AssertionError("a 12 MP WebP passed a 1 MP limit")
