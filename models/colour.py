@@ -90,15 +90,13 @@ def bin_table(cache_dir: str | None = None) -> np.ndarray:
     """HSV bin key of every 24-bit colour, indexed by r | g << 8 | b << 16 (32 MB).
 
     Looking keys up is 5x faster than computing them per pixel. Building takes a few seconds, so the
-    table is saved under `cache_dir` once and memory-mapped by every worker after that.
+    table is saved under `cache_dir` once and read by every worker after that. Read, not memory-mapped:
+    mapped pages are dropped under memory pressure and faulted back as photos with new colours arrive,
+    so a worker's RSS would wander by up to 32 MB with no request of its own to blame.
     """
     path = Path(cache_dir or Path.home() / ".cache" / "imageserver") / f"hsv-bins-{HSV_BINS}-v1.npy"
     if path.exists():
-        table = np.asarray(np.load(path, mmap_mode="r"))  # a plain view: memmap's __getitem__ is slower
-        # fault every page in now (they stay shared with the other workers through the page cache):
-        # otherwise the worker's RSS creeps up by up to 32 MB as photos with new colours arrive
-        int(table[:: 4096 // table.itemsize].sum())
-        return table
+        return np.load(path)
     table = np.empty(1 << 24, dtype=np.uint16)
     step = 1 << 20
     for start in range(0, 1 << 24, step):
