@@ -10,9 +10,13 @@ Allocator: a batched forward allocates tens of MB of activations; glibc returns 
 each call (mmap for large blocks, heap trimming) and faults them back in on the next (~9,400 minor page
 faults per image at batch 8). Keeping them (a fixed mmap threshold and no trimming) made MobileNetV2's
 batch-8 forward 1.6x faster here (bench/README.md). Skipped when the operator sets MALLOC_* themselves.
+
+Idle: every worker (model or not) runs a settling thread that, once the worker is idle, collects cycles
+and trims the heap, so a large or refused image leaves nothing behind (start_memory_settler).
 """
 
 import ctypes
+import gc
 import logging
 import os
 import sys
@@ -84,7 +88,7 @@ def _trim() -> bool:
 
 
 def _settle_forever() -> None:
-    """Give freed memory back to the kernel once the worker has been idle for a moment.
+    """Collect cycles and give freed memory back to the kernel once the worker has been idle for a moment.
 
     A decoded 60-megapixel image or a refused bomb's buffers are freed, but glibc keeps freed heap
     memory (and the allocator tuning above keeps even more, on purpose, for the next batch), so a worker
@@ -103,8 +107,10 @@ def _settle_forever() -> None:
         rss = rss_bytes()
         if settled and (rss < settled * SETTLE_GROWTH or rss - settled < SETTLE_MIN_BYTES):
             continue
+        gc.collect()  # cycles (an exception's traceback and its frames' images) wait for a collection
         _trim()
         settled = rss_bytes()
+        log.debug("worker %d idle: RSS %d -> %d MiB", os.getpid(), rss >> 20, settled >> 20)
         cpu = time.process_time()  # the trim's own CPU is not work
 
 
