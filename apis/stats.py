@@ -49,7 +49,10 @@ class StatsAPI(ImageAPI):
         )
 
     def setup(self, device):
+        from models.runtime import keep_large_buffers_off_the_heap
+
         # pure CPU work: the device (cpu or cuda:N, the accelerator is server-wide) is not used
+        keep_large_buffers_off_the_heap()
         self.model = ImageStats(self.settings.cache_dir)
 
     def decode_request(self, request: Annotated[StatsRequest, Depends(read_stats_request)]):

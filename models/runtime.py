@@ -54,6 +54,21 @@ def tune_allocator() -> bool:
         return False
 
 
+def keep_large_buffers_off_the_heap() -> bool:
+    """Workers without models (/stats): every block over 1 MiB is its own mapping, given back when freed.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed, after which Pillow's
+    16 MiB image blocks land on the heap, where a few small live objects can keep them resident. A stats
+    worker decodes each image once, so a fixed, low threshold costs nothing measurable.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1024**2) == 1
+    except (OSError, AttributeError):
+        return False
+
+
 def configure_worker(settings) -> None:
     """Called once per model worker, before its models load."""
     import torch
