@@ -17,7 +17,7 @@ from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
 from apis.match import MATCH_METHODS
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
-from apis.search import SearchAPI
+from apis.search import SEARCH_PATHS, SearchAPI
 from apis.search_routes import add_search_routes
 from apis.serving import ImageServer, RequestClock
 from apis.stats import StatsAPI
@@ -57,6 +57,8 @@ def build_server(settings: Settings) -> ls.LitServer:
     server = ImageServer(
         apis,
         queue_limits=queue_limits,
+        gated_paths={"/stats": "/stats", "/analyze": "/analyze", "/embed": "/embed",
+                     **{path: "/add" for path in SEARCH_PATHS}},
         accelerator=resolve_accelerator(settings.accelerator),
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,

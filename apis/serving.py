@@ -58,6 +58,29 @@ class RequestClock:
             _arrival.reset(token)
 
 
+class QueueGate:
+    """Pure ASGI: a request to a capability whose queue is full gets its 503 before its body is read.
+
+    The handler's count is the authoritative one; this early look spares the HTTP process from reading
+    (and parsing, and writing to the hand-off folder) megabytes of upload only to refuse them, which under
+    an overload took the CPU the workers needed. The connection is closed after the answer, since the
+    unread body cannot be skipped.
+    """
+
+    def __init__(self, app, server: "ImageServer", paths: dict[str, str]):
+        self.app, self.server, self.paths = app, server, paths  # request path -> its LitAPI's path
+
+    async def __call__(self, scope, receive, send):
+        api_path = self.paths.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if api_path is not None and self.server.in_flight[api_path].value >= self.server.queue_limits[api_path]:
+            from apis.error_shapes import error_body  # the route's own error shape
+
+            response = error_body(scope["path"], 503, self.server.busy_message(api_path),
+                                  headers={"Retry-After": RETRY_AFTER, "Connection": "close"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def process_alive(pid: int) -> bool:
     """False once `pid` has exited, zombie included (kill(pid, 0) succeeds on a zombie until it is reaped)."""
     try:
@@ -106,9 +129,7 @@ class AdmittingHandler(RegularRequestHandler):
             if admitted:
                 counter.value += 1
         if not admitted:
-            raise HTTPException(
-                503, f"{path} is busy: {limit} requests are already queued or in work "
-                f"({server.queue_variables[path]}); retry shortly", headers={"Retry-After": RETRY_AFTER})
+            raise HTTPException(503, server.busy_message(path), headers={"Retry-After": RETRY_AFTER})
         try:
             return await self._answer(request, request_type)
         finally:
@@ -165,10 +186,11 @@ class AdmittingHandler(RegularRequestHandler):
 class ImageServer(ls.LitServer):
     """LitServer with bounded queues, whole-request deadlines and supervised inference workers.
 
-    `queue_limits`: api_path -> (most requests queued or in work, the variable that sets it).
+    `queue_limits`: api_path -> (most requests queued or in work, the variable that sets it);
+    `gated_paths`: every request path that feeds a LitAPI's queue -> that LitAPI's path.
     """
 
-    def __init__(self, lit_apis, *, queue_limits: dict[str, tuple[int, str]], **kwargs):
+    def __init__(self, lit_apis, *, queue_limits: dict[str, tuple[int, str]], gated_paths: dict[str, str], **kwargs):
         # read by _register_api_endpoints, which LitServer's __init__ calls; mp.Values are shared with
         # the HTTP processes, which LitServe forks from this one
         self.queue_limits = {path: limit for path, (limit, _) in queue_limits.items()}
@@ -177,8 +199,14 @@ class ImageServer(ls.LitServer):
         self._stopping = threading.Event()
         self._restart_lock = threading.Lock()
         self.restarts = 0
+        gate = (QueueGate, {"server": self, "paths": {p: a for p, a in gated_paths.items() if a in self.in_flight}})
+        kwargs["middlewares"] = [gate, *kwargs.get("middlewares", [])]  # innermost: after aliases are resolved
         super().__init__(lit_apis, restart_workers=True, **kwargs)  # restart_workers: workers send START
         self.uvicorn_graceful_timeout = GRACEFUL_SECONDS
+
+    def busy_message(self, api_path: str) -> str:
+        return (f"{api_path} is busy: {self.queue_limits[api_path]} requests are already queued or in work "
+                f"({self.queue_variables[api_path]}); retry shortly")
 
     def _register_api_endpoints(self, lit_api, request_type, response_type):
         handler = AdmittingHandler(lit_api, self)

@@ -47,7 +47,9 @@ async def clients(port: int, requests: list[bytes], concurrency: int, seconds: f
                     admitted.append(elapsed)
                 elif status == 503:
                     refused.append(elapsed)
+                    writer.close()  # the server closes a refused request's connection (its body was not read)
                     await asyncio.sleep(1.0)  # the server's Retry-After
+                    reader, writer = await asyncio.open_connection(HOST, port)
                 else:
                     other[status] = other.get(status, 0) + 1
         finally:
