@@ -15,7 +15,6 @@ from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
 from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
-from apis.match import MATCH_METHODS
 from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.search import SEARCH_PATHS, SearchAPI
 from apis.search_routes import add_search_routes
@@ -63,7 +62,7 @@ def build_server(settings: Settings) -> ls.LitServer:
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
         middlewares=[
-            (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes, "envelopes": MATCH_METHODS}),
+            (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes}),
             (PathAliasMiddleware, {"aliases": ALIASES}),
             # each later one wraps the earlier: the key is checked before any body is read, a failure of
             # anything inside is answered as JSON, and every answer carries its request id

@@ -1,21 +1,19 @@
 """Reject request bodies over MAX_UPLOAD_BYTES with a 413 that names the limit, before they are parsed."""
 
-import json
+from apis.error_shapes import error_body
 
 
 class BodyLimitMiddleware:
     """Pure ASGI: answers 413 from Content-Length at once, or stops reading a longer streamed body."""
 
-    def __init__(self, app, max_bytes: int, envelopes: dict[str, str] | None = None):
+    def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
-        self.envelopes = envelopes or {}  # path -> method: match's paths answer in match's envelope
 
     def _message(self, size: str, path: str = "") -> bytes:
+        """The 413 in the shape of the route at `path` (apis/error_shapes.py)."""
         text = f"the request body is {size} bytes; the limit is {self.max_bytes} (MAX_UPLOAD_BYTES)"
-        if path in self.envelopes:
-            return json.dumps({"status": "fail", "error": [text], "method": self.envelopes[path], "result": []}).encode()
-        return json.dumps({"detail": text}).encode()
+        return error_body(path, 413, text).body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -328,3 +328,18 @@ def test_error_shapes_and_request_ids_hold_in_every_configuration(server):
     echoed = httpx.get(f"{server}/health", headers={"X-Request-ID": "probe-1"}, timeout=30)
     assert echoed.headers["x-request-id"] == "probe-1"
     assert re.fullmatch(r"[0-9a-f]{32}", wrong_method.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("path", ["/stats", "/add", "/find_similar/", "/embed"])
+def test_a_body_over_max_upload_bytes_is_413_in_the_routes_own_shape(edge_server, path):
+    """The body-size guard answers from Content-Length, before anything is read, in each route's shape."""
+    over = b"\xff" * (25 * 1024**2 + 1)  # the default MAX_UPLOAD_BYTES is 25 MiB
+    response = httpx.post(f"{edge_server.url}{path}", content=over, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert response.status_code == 413
+    body = response.json()
+    if path in ENVELOPE:
+        assert body["status"] == "fail" and body["method"] == ENVELOPE[path] and "MAX_UPLOAD_BYTES" in body["error"][0]
+    elif path in SIMILAR:
+        assert "MAX_UPLOAD_BYTES" in body["error"] and body["error"] == body["detail"]
+    else:
+        assert "MAX_UPLOAD_BYTES" in body["detail"]
