@@ -99,3 +99,17 @@ def test_search_paths_answer_a_full_queue_in_matchs_envelope(narrow_server):
     body = full[0].json()
     assert body["status"] == "fail" and body["method"] == "search" and "SEARCH_MAX_QUEUE" in body["error"][0]
     assert full[0].headers["retry-after"]
+
+
+def test_a_slow_image_holds_a_cheap_request_no_longer_than_its_own_bounded_time(narrow_server):
+    """One /stats worker: a cheap photo queued behind the slowest kind of admitted image waits for that
+    image's decode (bounded by the decode limits), not for a timeout; both answer 200."""
+    slow, cheap = slow_png(), photos.read("chelsea")
+    with ThreadPoolExecutor(2) as pool:
+        slow_answer = pool.submit(post_stats, narrow_server, slow)
+        time.sleep(0.05)  # queued behind it
+        cheap_answer = pool.submit(post_stats, narrow_server, cheap)
+        (slow_status, slow_seconds, _), (cheap_status, cheap_seconds, _) = slow_answer.result(), cheap_answer.result()
+    assert cheap_status == 200, cheap_status
+    assert slow_status == 200, slow_status
+    assert cheap_seconds < slow_seconds + 0.5, (cheap_seconds, slow_seconds)
