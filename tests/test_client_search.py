@@ -170,7 +170,9 @@ def test_search_similar_ranks_the_same_photo_first_by_embedding(search_server, a
     body = ok_json(client(search_server, "search", str(photos.path("astronaut")), "--similar", "--limit", "3"))
     assert 1 <= len(body["similar_images"]) <= 3
     best = body["similar_images"][0]
-    assert best["filepath"].endswith("people/astronaut.png")
+    # the same photo: people/astronaut.png, or one of the byte-identical copies the interrupted-index test
+    # adds as many/NN-astronaut.png, which tie with it at similarity 1.0 in no guaranteed order
+    assert best["filepath"].endswith(("people/astronaut.png", "-astronaut.png"))
     assert best["similarity"] == pytest.approx(1.0, abs=1e-3)
     assert body["total_indexed"] >= len(IMAGES)
 
