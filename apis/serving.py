@@ -15,9 +15,9 @@ Here, per capability:
   main process restarts the worker (with a back-off when one keeps dying) and every other worker
   goes on serving;
 - a request lost in transit: a worker killed while blocked in the queue's get() leaves the manager to
-  pop the next request and send it to a dead socket, so that request never starts. The queue is FIFO,
-  so a request still not started LOST_GRACE seconds after a later one (of the same HTTP process) did
-  was lost, and is answered 503 too.
+  pop the next request and send it to a dead socket, so that request never starts. It is answered 503
+  too, once a worker seen here has been dead for a second while the queue is empty, or (the queue is
+  FIFO) once a later request of the same HTTP process has been started for LOST_GRACE seconds.
 """
 
 import asyncio
@@ -100,11 +100,29 @@ def process_alive(pid: int) -> bool:
 
 
 class StartOrder:
-    """Per HTTP process and API: the highest submission number that a worker has started."""
+    """Per HTTP process and API: the highest submission number that a worker has started, and the workers
+    seen starting requests (with when each was first seen dead)."""
 
     def __init__(self):
         self.submitted = 0
         self.highest_started = 0
+        self.workers: dict[int, float | None] = {}  # pid -> when it was first seen dead, None while alive
+
+    def seen(self, pid: int) -> None:
+        self.workers.setdefault(pid, None)
+
+    def dead_for(self) -> float:
+        """How long ago a worker seen here was first found dead (0 when none is); forgets long-dead ones."""
+        now, longest = time.monotonic(), 0.0
+        for pid, since in list(self.workers.items()):
+            if since is None and not process_alive(pid):
+                self.workers[pid] = since = now
+            if since is not None:
+                if now - since > 60:
+                    del self.workers[pid]
+                else:
+                    longest = max(longest, now - since)
+        return longest
 
     def next(self) -> int:
         self.submitted += 1
@@ -153,34 +171,46 @@ class AdmittingHandler(RegularRequestHandler):
             self._handle_error_response(response)
         return response
 
+    def _lost(self, overtaken_at: float | None) -> bool:
+        """Whether a request not started yet was taken by a worker that died before it could say so: a later
+        request started LOST_GRACE ago, or a worker of this API has been dead for a second while the queue
+        is empty (a live worker announces what it takes at once)."""
+        if overtaken_at is not None and time.monotonic() - overtaken_at > LOST_GRACE:
+            return True
+        if self.order.dead_for() < 1.0:
+            return False
+        return self.server._get_request_queue(self.lit_api.api_path).qsize() == 0
+
     async def _wait(self, item: ResponseBufferItem, deadline: float | None, number: int) -> None:
         overtaken_at = None  # when a later request was first seen started while this one was not
         while True:
             step = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if step <= 0:
-                log.warning("%s: no answer within REQUEST_TIMEOUT (worker %s, request %d, highest started %d)",
-                            self.lit_api.api_path, item.worker_id, number, self.order.highest_started)
                 raise HTTPException(504, f"no answer within REQUEST_TIMEOUT ({self.server.timeout:g} s)")
             try:
                 await asyncio.wait_for(item.event.wait(), timeout=step)
-                self.order.started(number)  # answered, so it was taken from the queue
-                return
             except asyncio.TimeoutError:
                 pass
             if item.worker_id is not None:
                 self.order.started(number)
+                self.order.seen(item.worker_id)
+            if item.event.is_set():
+                self.order.started(number)  # answered, so it was taken from the queue
+                return
+            if item.worker_id is not None:
                 if not process_alive(item.worker_id):
                     raise HTTPException(
                         503, "the worker processing this request stopped; it is being restarted, retry shortly",
                         headers={"Retry-After": RETRY_AFTER})
-            elif self.order.highest_started > number:
-                overtaken_at = overtaken_at or time.monotonic()
-                if time.monotonic() - overtaken_at > LOST_GRACE:
-                    log.error("%s: a request taken from the queue never started (its worker died); answering 503",
-                              self.lit_api.api_path)
-                    raise HTTPException(
-                        503, "this request was lost by a worker that stopped; it is being restarted, retry shortly",
-                        headers={"Retry-After": RETRY_AFTER})
+                continue
+            if overtaken_at is None and self.order.highest_started > number:
+                overtaken_at = time.monotonic()
+            if self._lost(overtaken_at):
+                log.error("%s: a request taken from the queue never started (its worker died); answering 503",
+                          self.lit_api.api_path)
+                raise HTTPException(
+                    503, "this request was lost by a worker that stopped; it is being restarted, retry shortly",
+                    headers={"Retry-After": RETRY_AFTER})
 
 
 class ImageServer(ls.LitServer):
