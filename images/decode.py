@@ -188,7 +188,7 @@ def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None,
         with pillow_guard(limits.max_pixels):  # ICNS sizes its icon only when loading it
             if max_side is not None and max(image.size) > max_side:
                 # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale, the smallest still >= the thumbnail
-                image.draft(None, _fit(image.size, max_side))
+                image.draft(None, fit_within(image.size, max_side))
             elif min_side is not None and draft_reduces(image.size, image.format, min_side):
                 scale = min_side / min(image.size)
                 image.draft(None, (max(1, math.ceil(image.size[0] * scale)), max(1, math.ceil(image.size[1] * scale))))
@@ -204,7 +204,7 @@ def decode_image(data: bytes, limits: DecodeLimits, max_side: int | None = None,
         if max_side is not None and max(image.size) > max_side:
             # BOX averages every source pixel into the thumbnail, which keeps colour statistics honest;
             # reducing_gap lets Pillow halve by whole factors first, which is faster and as exact
-            pixels = pixels.resize(_fit(image.size, max_side), Image.Resampling.BOX, reducing_gap=2.0)
+            pixels = pixels.resize(fit_within(image.size, max_side), Image.Resampling.BOX, reducing_gap=2.0)
         pixels = to_8bit(pixels)
         orientation = _orientation(exif)
         upright = pixels
@@ -246,7 +246,8 @@ def draft_reduces(size: tuple[int, int], image_format: str, min_side: int) -> bo
     return image_format in ("JPEG", "MPO") and min(size) // 2 >= min_side
 
 
-def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`size` scaled so its longest side is `max_side` (at least 1 px each way)."""
     scale = max_side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 

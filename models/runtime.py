@@ -43,15 +43,20 @@ def worker_threads(settings) -> int:
     return max(1, usable_cores() // settings.workers_per_device)
 
 
-def tune_allocator() -> bool:
-    """Keep freed activation memory in the process instead of returning it to the kernel (glibc only)."""
+def _mallopt(parameters: dict[int, int]) -> bool:
+    """Set glibc malloc parameters; False on other platforms or libcs, or when the operator set MALLOC_*."""
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return all(libc.mallopt(param, value) == 1 for param, value in ALLOCATOR.items())
+        return all(libc.mallopt(param, value) == 1 for param, value in parameters.items())
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
+
+
+def tune_allocator() -> bool:
+    """Keep freed activation memory in the process instead of returning it to the kernel (glibc only)."""
+    return _mallopt(ALLOCATOR)
 
 
 def keep_large_buffers_off_the_heap() -> bool:
@@ -61,12 +66,7 @@ def keep_large_buffers_off_the_heap() -> bool:
     16 MiB image blocks land on the heap, where a few small live objects can keep them resident. A stats
     worker decodes each image once, so a fixed, low threshold costs nothing measurable.
     """
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
-        return False
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1024**2) == 1
-    except (OSError, AttributeError):
-        return False
+    return _mallopt({M_MMAP_THRESHOLD: 1024**2})
 
 
 def configure_worker(settings) -> None:

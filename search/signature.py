@@ -15,6 +15,8 @@ from image_match.goldberg import ImageSignature
 from image_match.signature_database_base import get_words, max_contrast, normalized_distance, words_to_int
 from PIL import Image
 
+from images.decode import fit_within
+
 # image_match's SignatureDatabaseBase defaults, which match uses unchanged
 WORD_LENGTH = 16  # k
 WORD_COUNT = 63  # N
@@ -54,9 +56,7 @@ SIGN_SIDE = 1024
 def _rgb(image: Image.Image) -> np.ndarray:
     """The pixels to sign: RGB, reduced (antialiased) to SIGN_SIDE on the longest side when larger."""
     if max(image.size) > SIGN_SIDE:
-        scale = SIGN_SIDE / max(image.size)
-        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-        image = image.convert("RGB").resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+        image = image.convert("RGB").resize(fit_within(image.size, SIGN_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
     return np.asarray(image.convert("RGB"))
 
 
