@@ -16,8 +16,10 @@ Here, per capability:
   goes on serving;
 - a request lost in transit: a worker killed while blocked in the queue's get() leaves the manager to
   pop the next request and send it to a dead socket, so that request never starts. It is answered 503
-  too, once a worker seen here has been dead for a second while the queue is empty, or (the queue is
-  FIFO) once a later request of the same HTTP process has been started for LOST_GRACE seconds.
+  too, once a worker seen here is dead and, for two looks in a row, the queue holds fewer requests than
+  this HTTP process has waiting unstarted (the queue is FIFO, so the missing ones are its oldest), or
+  once a later request of the same HTTP process has been started for LOST_GRACE seconds (the rule left
+  when other HTTP processes' requests fill the queue).
 """
 
 import asyncio
@@ -106,6 +108,7 @@ class StartOrder:
     def __init__(self):
         self.submitted = 0
         self.highest_started = 0
+        self.waiting: dict[int, ResponseBufferItem] = {}  # this process's requests not answered yet
         self.workers: dict[int, float | None] = {}  # pid -> when it was first seen dead, None while alive
 
     def seen(self, pid: int) -> None:
@@ -124,12 +127,20 @@ class StartOrder:
                     longest = max(longest, now - since)
         return longest
 
-    def next(self) -> int:
+    def next(self, item: ResponseBufferItem) -> int:
         self.submitted += 1
+        self.waiting[self.submitted] = item
         return self.submitted
 
     def started(self, number: int) -> None:
         self.highest_started = max(self.highest_started, number)
+
+    def missing(self, number: int, queued: int) -> bool:
+        """Whether `number` is among the oldest unstarted requests that the queue, holding `queued`, can no
+        longer hold (each request of this process that no worker has announced is either queued or lost)."""
+        unstarted = [n for n, item in self.waiting.items() if item.worker_id is None and not item.event.is_set()]
+        short = len(unstarted) - queued
+        return short > 0 and number in sorted(unstarted)[:short]
 
 
 class AdmittingHandler(RegularRequestHandler):
@@ -159,30 +170,29 @@ class AdmittingHandler(RegularRequestHandler):
         deadline = (_arrival.get() or time.monotonic()) + timeout if timeout not in (None, False, -1) else None
         payload = await self._prepare_request(request, request_type)
         uid, _ = await self._submit_request(payload)
-        number = self.order.next()
         item = ResponseBufferItem(asyncio.Event())
+        number = self.order.next(item)
         self.server.response_buffer[uid] = item
         try:
             await self._wait(item, deadline, number)
         finally:
+            self.order.waiting.pop(number, None)
             self.server.response_buffer.pop(uid, None)  # a late answer finds no one waiting and is dropped
         response, status = item.response
         if status == LitAPIStatus.ERROR:
             self._handle_error_response(response)
         return response
 
-    def _lost(self, overtaken_at: float | None) -> bool:
-        """Whether a request not started yet was taken by a worker that died before it could say so: a later
-        request started LOST_GRACE ago, or a worker of this API has been dead for a second while the queue
-        is empty (a live worker announces what it takes at once)."""
-        if overtaken_at is not None and time.monotonic() - overtaken_at > LOST_GRACE:
-            return True
-        if self.order.dead_for() < 1.0:
+    def _missing(self, number: int) -> bool:
+        """Whether request `number`, not started yet, may have been taken by a worker that died before it
+        could say so: a worker of this API is dead and the queue is short of this request."""
+        if self.order.dead_for() <= 0.0:
             return False
-        return self.server._get_request_queue(self.lit_api.api_path).qsize() == 0
+        return self.order.missing(number, self.server._get_request_queue(self.lit_api.api_path).qsize())
 
     async def _wait(self, item: ResponseBufferItem, deadline: float | None, number: int) -> None:
         overtaken_at = None  # when a later request was first seen started while this one was not
+        suspected = False  # whether the previous look found this request missing from the queue
         while True:
             step = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if step <= 0:
@@ -205,7 +215,11 @@ class AdmittingHandler(RegularRequestHandler):
                 continue
             if overtaken_at is None and self.order.highest_started > number:
                 overtaken_at = time.monotonic()
-            if self._lost(overtaken_at):
+            # missing at two looks in a row: a live worker that just took it would have said so by now
+            missing, was_missing = self._missing(number), suspected
+            suspected = missing
+            overtaken = overtaken_at is not None and time.monotonic() - overtaken_at > LOST_GRACE
+            if overtaken or (missing and was_missing):
                 log.error("%s: a request taken from the queue never started (its worker died); answering 503",
                           self.lit_api.api_path)
                 raise HTTPException(
