@@ -15,8 +15,10 @@ from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
 from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
-from apis.routes import ALIASES, PathAliasMiddleware, add_operation_routes
+from apis.analyze_routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.search import SEARCH_PATHS, SearchAPI
+from apis.originals import add_original_routes
+from apis.page import add_page
 from apis.search_routes import add_search_routes
 from apis.serving import ImageServer, RequestClock
 from apis.stats import StatsAPI
@@ -80,6 +82,8 @@ def build_server(settings: Settings) -> ls.LitServer:
         add_operation_routes(server.app, status_dir, apis[0].authorize)
     if "search" in settings.capabilities:
         add_search_routes(server.app, settings, apis[0].authorize)
+        add_original_routes(server.app, apis[0].authorize)
+        add_page(server.app)  # replaces LitServe's "litserve running" at GET /
     return server
 
 

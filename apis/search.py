@@ -81,9 +81,9 @@ class SearchAPI(ImageAPI):
 
     def setup(self, device):
         from models.registry import load_models
-        from store.open import open_collection
+        from store.open import open_library
 
-        self.collection = open_collection(self.settings)  # no network: Elasticsearch connects on first use
+        self.library = open_library(self.settings)  # no network: Elasticsearch connects on first use
         self.models, self.unavailable = load_models(self.settings.search_models, self.settings, device)
         self.threads = ThreadPoolExecutor(max_workers=self.max_batch_size, thread_name_prefix="search")
 
@@ -150,7 +150,7 @@ class SearchAPI(ImageAPI):
 
     def _run(self, job: _Job):
         """One request's signature and store work; every failure becomes this request's answer."""
-        from search import signature as sig  # image_match and scikit-image: worker processes only
+        from signatures import goldberg as sig  # image_match and scikit-image: worker processes only
 
         try:
             failed = [v for v in (job.vectors or {}).values() if isinstance(v, Exception)]
@@ -172,7 +172,7 @@ class SearchAPI(ImageAPI):
             return ServerFault(repr(exc))
 
     def _add(self, request: AddRequest, job: _Job) -> list:
-        from search import signature as sig
+        from signatures import goldberg as sig
 
         signature = sig.signature(job.images[0])
         sha256 = hashlib.sha256(job.data).hexdigest()
@@ -180,18 +180,18 @@ class SearchAPI(ImageAPI):
             path=request.filepath, sha256=sha256, signature=signature, words=sig.words(signature),
             metadata={**request.metadata, "sha256": sha256}, embeddings=dict(job.vectors or {}),
         )
-        self.collection.add(record, job.data)
+        self.library.add(record, job.data)
         return []
 
     def _search(self, request: SearchRequest, image) -> list:
-        from search import signature as sig
+        from signatures import goldberg as sig
 
-        found = sig.search(self.collection.store, image, request.all_orientations, limit=CANDIDATES)
+        found = sig.search(self.library.store, image, request.all_orientations, limit=CANDIDATES)
         return [{"score": sig.score(d), "filepath": record.path, "metadata": record.metadata,
                  "url": image_url(record.sha256)} for record, d in found]
 
     def _similar(self, request: SimilarRequest, vector) -> dict:
-        store = self.collection.store
+        store = self.library.store
         neighbours = store.nearest(request.model, vector, k=request.limit)
         return {
             "filename": request.filename,

@@ -13,7 +13,7 @@ from apis.base import ImageAPI, error_response
 from apis.handoff import Blob
 from apis.request_body import as_http_error, image_bytes, read_fields
 from errors import InputError
-from models.image_stats import ImageStats, StatsInput
+from stats.image_stats import ImageStats, StatsInput
 from settings import AVERAGING_METHODS
 
 

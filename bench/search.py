@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import search_corpus as corpus
-from search import signature as sg
+from signatures import goldberg as sg
 from store.base import Record
 from store.sqlite import SQLiteStore
 from store.vectors import top_k
@@ -233,7 +233,7 @@ def photo_add_pass(store, embedder) -> dict:
 WORKER = """
 import json, sys, time
 import numpy as np, psutil
-from search import signature as sg
+from signatures import goldberg as sg
 from store.sqlite import SQLiteStore
 folder, queries = sys.argv[1], np.load(sys.argv[2])
 before = psutil.Process().memory_full_info()

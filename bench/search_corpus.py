@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search import signature as sg
+from signatures import goldberg as sg
 
 VERSION = 1
 SEED = 20261122
@@ -97,7 +97,7 @@ def _sign_range(args) -> np.ndarray:
 
 
 def words_of(signatures: np.ndarray) -> np.ndarray:
-    """image_match's 63 simple words of many signatures at once (search.signature.words, vectorised)."""
+    """image_match's 63 simple words of many signatures at once (signatures.goldberg.words, vectorised)."""
     padded = np.zeros((len(signatures), sg.SIGNATURE_LENGTH + sg.WORD_LENGTH), np.int8)
     padded[:, : sg.SIGNATURE_LENGTH] = signatures
     windows = padded[:, WORD_POSITIONS[:, None] + np.arange(sg.WORD_LENGTH)]  # (n, 63, 16)

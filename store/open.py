@@ -12,7 +12,7 @@ from pathlib import Path
 from settings import Settings, SettingsError
 from store.base import Store
 from store.blobs import BlobStore
-from store.collection import Collection
+from store.library import ImageLibrary
 
 
 def check_store_settings(settings: Settings) -> None:
@@ -40,13 +40,13 @@ def open_store(settings: Settings) -> Store:
     return SQLiteStore(settings.data_dir)
 
 
-def open_collection(settings: Settings) -> Collection:
+def open_library(settings: Settings) -> ImageLibrary:
     data = Path(settings.data_dir)
-    return Collection(open_store(settings), BlobStore(data / "blobs"), data / "locks")
+    return ImageLibrary(open_store(settings), BlobStore(data / "blobs"), data / "locks")
 
 
 class PerProcess:
-    """One Collection per process, opened on first use.
+    """One ImageLibrary per process, opened on first use.
 
     The HTTP processes are forked from the main one after start-up: a SQLite connection or an HTTP
     connection pool must not cross a fork, so each process opens its own, lazily. A failed open (a
@@ -57,11 +57,11 @@ class PerProcess:
         self.settings = settings
         self._lock = threading.Lock()
         self._pid = None
-        self._collection = None
+        self._library = None
 
-    def get(self) -> Collection:
+    def get(self) -> ImageLibrary:
         with self._lock:
             if self._pid != os.getpid():
-                self._collection = open_collection(self.settings)
+                self._library = open_library(self.settings)
                 self._pid = os.getpid()
-            return self._collection
+            return self._library

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from images.decode import DecodeLimits, decode_image
-from models.exif import MAX_TAGS, MAX_VALUE_BYTES
-from models.image_stats import ImageStats, StatsInput
+from stats.exif import MAX_TAGS, MAX_VALUE_BYTES
+from stats.image_stats import ImageStats, StatsInput
 
 ASCII, SHORT, LONG, RATIONAL, UNDEFINED, SRATIONAL, DOUBLE = 2, 3, 4, 5, 7, 10, 12
 EXIF_IFD, GPS_IFD, INTEROP_IFD = 0x8769, 0x8825, 0xA005

@@ -16,7 +16,7 @@ nothing at all.
 Flat borders: "dice_rgba" is a render that is 67% pure black (its transparent area). Its JPEG copies used
 to be 0.52-0.53 from it at every quality, over the 0.45 cutoff: JPEG ringing in the black field moves
 image_match's 5-95% crop window (columns 28-168 become 15-176), so every grid point shifts. The query side
-now also signs such an image in the window of its clipped grey levels (search.signature.query_signatures,
+now also signs such an image in the window of its clipped grey levels (signatures.goldberg.query_signatures,
 test_flat_border_variant); stored signatures stay image_match's.
 
 Distractors: 14 more images of skimage/data are indexed beside the corpus, so every lookup has 35 records
@@ -34,7 +34,7 @@ from PIL import Image, ImageEnhance
 
 from images.decode import DecodeLimits, decode_image
 from models.mobilenet import MobileNetEmbedder
-from search import signature as sg
+from signatures import goldberg as sg
 from settings import Settings
 from store.base import Record
 from store.sqlite import SQLiteStore

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from images.decode import DecodeLimits, decode_image
-from models.image_stats import ImageStats, StatsInput
+from stats.image_stats import ImageStats, StatsInput
 from tests import photos
 from tests.conftest import API_KEY, MAX_UPLOAD_BYTES, ROOT, free_port, server_env, start_server
 

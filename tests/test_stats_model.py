@@ -13,8 +13,8 @@ from PIL import ExifTags, Image, ImageDraw, ImageOps, TiffImagePlugin
 
 from errors import InputError
 from images.decode import DecodeLimits, decode_image, open_checked
-from models.colour import bin_table, colour_stats, hsv_bin_keys, opaque_rgb, packed_pixels, to_hex
-from models.exif import exif_to_json
+from stats.colour import bin_table, colour_stats, hsv_bin_keys, opaque_rgb, packed_pixels, to_hex
+from stats.exif import exif_to_json
 from tests import photos
 
 LIMITS = DecodeLimits()

@@ -4,7 +4,7 @@ same store as one `add` per record, replaces by path like `add`, and stores noth
 import numpy as np
 import pytest
 
-from search import signature as sg
+from signatures import goldberg as sg
 from store.base import Record
 from store.sqlite import SQLiteStore
 

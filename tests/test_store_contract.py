@@ -3,7 +3,7 @@ osmem-server, whose lack of kNN skips the nearest() tests; and a real cluster wh
 then what only SQLite promises (an acknowledged add survives kill -9, a reopen keeps everything, the vector
 index follows SQLite). What only Elasticsearch does (mapping, bulk, failures) is in test_store_elastic.py.
 
-Records carry real data: Goldberg signatures of real photos (search.signature) and real MobileNetV2
+Records carry real data: Goldberg signatures of real photos (signatures.goldberg) and real MobileNetV2
 embeddings (the packaged ImageNet weights), so ordering checks run on the values production sees.
 """
 
@@ -22,7 +22,7 @@ from PIL import Image
 
 from images.decode import DecodeLimits, decode_image
 from models.mobilenet import MobileNetEmbedder
-from search import signature as sg
+from signatures import goldberg as sg
 from settings import Settings
 from store.base import Record, StoreError
 from store.sqlite import SQLiteStore

@@ -15,7 +15,7 @@ import pytest
 
 from store.base import GALLERY_NAME_MAX, GalleryFull, GalleryRecord, Record
 from store.blobs import BlobStore
-from store.collection import Collection
+from store.library import ImageLibrary
 from store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,21 +140,21 @@ def test_bad_input_is_a_value_error_and_stores_nothing(store, bad):
 
 
 def test_originals_are_kept_while_a_gallery_record_uses_them(store, tmp_path):
-    collection = Collection(store, BlobStore(tmp_path / "blobs"), tmp_path / "locks")
+    library = ImageLibrary(store, BlobStore(tmp_path / "blobs"), tmp_path / "locks")
     rng = np.random.default_rng(0)
     data = b"the photo's bytes"
     sha = hashlib.sha256(data).hexdigest()
-    collection.add(Record(path="a.jpg", sha256=sha, signature=rng.integers(-2, 3, 648).astype(np.int8),
+    library.add(Record(path="a.jpg", sha256=sha, signature=rng.integers(-2, 3, 648).astype(np.int8),
                           words=rng.integers(0, 1000, 63)), data)
     made = add(store, original=sha, processed=PROCESSED)
     assert store.sha256_referenced(sha) and store.sha256_referenced(PROCESSED)
-    assert collection.delete("a.jpg")
-    assert collection.blobs.path(sha).exists()  # the gallery record still uses it
+    assert library.delete("a.jpg")
+    assert library.blobs.path(sha).exists()  # the gallery record still uses it
     assert store.sha256_referenced(sha)
     store.gallery_delete("alice", made.id)
     assert not store.sha256_referenced(sha) and not store.sha256_referenced(PROCESSED)
-    collection.release(sha)
-    assert not collection.blobs.path(sha).exists()
+    library.release(sha)
+    assert not library.blobs.path(sha).exists()
 
 
 CHILD = textwrap.dedent(

@@ -18,7 +18,7 @@ import pytest
 
 from store.base import Record
 from store.sqlite import SQLiteStore
-from search import signature as sg
+from signatures import goldberg as sg
 from store.vector_snapshot import snapshot_folders
 from store.vectors import VectorParams
 

@@ -12,7 +12,6 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests import photos
 from tests.conftest import start_server
 from tests.test_workers import send, worker_pids
 

@@ -20,7 +20,7 @@ from store.base import Record, Store, StoreError
 from store.blobs import BlobStore
 
 
-class Collection:
+class ImageLibrary:
     def __init__(self, store: Store, blobs: BlobStore, lock_dir: str | os.PathLike):
         self.store = store
         self.blobs = blobs

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 from images.decode import DecodedImage
-from models.colour import bin_table, colour_stats
-from models.exif import exif_to_json
+from stats.colour import bin_table, colour_stats
+from stats.exif import exif_to_json
 
 
 @dataclass(frozen=True)
