@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from images.decode import DEFAULT_FORMATS, FORMATS, DecodeLimits
 from images.fetch import FetchPolicy, parse_networks
-from models.registry import EMBEDDING_MODELS
 
 AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
 ACCELERATORS = ("auto", "cpu", "cuda")
@@ -22,6 +21,8 @@ REFRESH_POLICIES = ("wait_for", "true", "false")
 IMAGE_FORMATS = FORMATS  # what IMAGE_FORMATS may name: ICO and ICNS are opt-in
 DEFAULT_IMAGE_FORMATS = DEFAULT_FORMATS
 
+TRUE_WORDS = ("1", "true", "yes", "on")  # how a yes/no is written, in a variable or a request field
+FALSE_WORDS = ("0", "false", "no", "off")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 
@@ -91,13 +92,17 @@ def _ratio(name, raw):
     return value
 
 
+def truth(text: str) -> bool | None:
+    """True or False for one of TRUE_WORDS or FALSE_WORDS (any case, spaces around), else None."""
+    value = text.strip().lower()
+    return True if value in TRUE_WORDS else False if value in FALSE_WORDS else None
+
+
 def _bool(name, raw):
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
+    value = truth(raw)
+    if value is None:
+        raise SettingsError(f"{name}={raw!r}: expected true or false")
+    return value
 
 
 def _url(name, raw):
@@ -134,10 +139,17 @@ def _routes(name, raw):
 
 
 def _models(name, raw):
-    """A comma list of embedding models, or `none` for signatures only."""
+    """A comma list of the catalogue's embedders, or `none` for signatures only."""
     if raw.strip().lower() == "none":
         return ()
-    return _subset(name, raw, EMBEDDING_MODELS)
+    return _subset(name, raw, _embedders())
+
+
+def _embedders() -> tuple[str, ...]:
+    # asked of the catalogue only when SEARCH_MODELS is set: settings otherwise knows no model
+    from models.catalogue import names
+
+    return names("embedder")
 
 
 def _networks(name, raw):
@@ -298,7 +310,7 @@ VARIABLES = {
         "elasticsearch_refresh", lambda n, r: _choice(n, r, REFRESH_POLICIES), "|".join(REFRESH_POLICIES),
         "when an add or delete becomes searchable",
     ),
-    "SEARCH_MODELS": ("search_models", _models, ",".join(EMBEDDING_MODELS) + " or none", "embeddings computed on /add"),
+    "SEARCH_MODELS": ("search_models", _models, "embedders of the catalogue, comma-separated, or none", "embeddings computed on /add"),
     "SEARCH_MAX_BATCH_SIZE": ("search_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "search batch size"),
     "SEARCH_BATCH_TIMEOUT": ("search_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "search wait to fill a batch"),
     "STATS_MAX_QUEUE": (

@@ -1,21 +1,21 @@
-"""The /analyze operations (image_embed's catalogue), and the validation of one task against it.
+"""The /analyze operations, derived from the model catalogue, and the validation of one task against them.
 
+An embedder offers `embed_<name>`; the detectors offer detect_bounding_box and their regions as targets;
+a captioner offers describe_image; classify runs a collection's classifier over the embedders' vectors.
 A task is `{"operation_id", "type", "params"}`. A task that names an unknown type, a target its type
 does not allow, or bad parameters becomes a TaskError: that task answers status "error", the others run.
 """
 
 from dataclasses import dataclass, field
 
-TARGETS = ("whole_image", "prominent_person", "prominent_face")
+from models.catalogue import detector_for, embedders, model_class, names
+from models.base import REGIONS
+
+TARGETS = ("whole_image",) + tuple(region for region in REGIONS if detector_for(region))
 FACE_CONTEXTS = ("prominent_person", "whole_image")
 PROMINENT = ("score", "area")
 MAX_CAPTION_LENGTH = 512
 MAX_ID_LENGTH = 256  # characters of an operation_id or a collection_id: names, not documents
-EMBEDDERS = {  # operation type -> embedding model name
-    "embed_clip_vit_b_32": "clip_vit_b_32",
-    "embed_dino_v2": "dino_v2",
-    "embed_mobilenet_v2": "mobilenet_v2",
-}
 
 
 @dataclass(frozen=True)
@@ -32,23 +32,31 @@ _COMMON = {
     "prominent": "score (default: the most confident detection, as image_embed) | area (the largest)",
 }
 
-OPERATIONS = {
-    "detect_bounding_box": Operation(
-        "Bounding box [xmin, ymin, xmax, ymax] of the prominent person (Faster R-CNN, COCO) or face (MTCNN)",
-        ("prominent_person", "prominent_face"), "prominent_person", _COMMON,
-    ),
-    "embed_clip_vit_b_32": Operation("CLIP ViT-B/32 image embedding (open_clip)", TARGETS, "whole_image", _COMMON),
-    "embed_dino_v2": Operation("DINOv2 ViT-B/14 image embedding (transformers)", TARGETS, "whole_image", _COMMON),
-    "embed_mobilenet_v2": Operation("MobileNetV2 ImageNet features, 1280-d (torchvision)", TARGETS, "whole_image", _COMMON),
-    "classify": Operation(
-        "Is the image in a collection? A logistic regression over embeddings; its target comes from the classifier",
-        TARGETS, "whole_image", {**_COMMON, "collection_id": "required: the collection's id (see classifier mapping)"},
-    ),
-    "describe_image": Operation(
-        "A caption (BLIP through transformers)", TARGETS, "whole_image",
-        {**_COMMON, "max_length": f"tokens, 1-{MAX_CAPTION_LENGTH}, default 50"},
-    ),
-}
+
+
+def _operations() -> dict[str, Operation]:
+    operations = {}
+    detectors = names("detector")
+    if detectors:
+        found = " or ".join(model_class(name).description for name in detectors)
+        operations["detect_bounding_box"] = Operation(
+            f"Bounding box [xmin, ymin, xmax, ymax] of the {found}", TARGETS[1:], TARGETS[1], _COMMON)
+    for kind, name in embedders().items():
+        operations[kind] = Operation(model_class(name).description, TARGETS, "whole_image", _COMMON)
+    if embedders():
+        operations["classify"] = Operation(
+            "Is the image in a collection? A logistic regression over embeddings; its target comes from the classifier",
+            TARGETS, "whole_image", {**_COMMON, "collection_id": "required: the collection's id (see classifier mapping)"},
+        )
+    for name in names("captioner")[:1]:
+        operations["describe_image"] = Operation(
+            model_class(name).description, TARGETS, "whole_image",
+            {**_COMMON, "max_length": f"tokens, 1-{MAX_CAPTION_LENGTH}, default 50"},
+        )
+    return operations
+
+
+OPERATIONS = _operations()
 
 
 class TaskError(ValueError):
@@ -150,6 +158,6 @@ def catalogue(availability: dict[str, str | None]) -> dict:
 
 def models_for_type(kind: str) -> tuple[str, ...]:
     """Models an operation type needs whatever its target (detectors are needed only for crops)."""
-    if kind in EMBEDDERS:
-        return (EMBEDDERS[kind],)
-    return {"detect_bounding_box": ("person_detector", "face_detector"), "describe_image": ("captioner",)}.get(kind, ())
+    if kind in embedders():
+        return (embedders()[kind],)
+    return {"detect_bounding_box": names("detector"), "describe_image": names("captioner")[:1]}.get(kind, ())

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from analysis.operations import EMBEDDERS, Task, TaskError
+from analysis.operations import Task, TaskError
 from models.base import Box
+from models.catalogue import detector_for, embedders, names, run_grouped
 
 log = logging.getLogger("imageserver.analyze")
 
@@ -42,25 +43,20 @@ class Analyzer:
         self.unavailable = unavailable  # name -> reason
         self.classifiers = classifiers
         self.counters = {}  # model -> {"forward_calls", "images"}: how well requests were batched
+        self.embedders = embedders()  # operation type -> model
+        self.person, self.face = detector_for("prominent_person"), detector_for("prominent_face")
+        self.captioner = next(iter(names("captioner")), None)
 
-    def _model(self, name: str):
-        if name not in self.models:
-            raise TaskError(f"{name} is unavailable: {self.unavailable.get(name, 'not loaded')}")
-        return self.models[name]
-
-    def _run_stage(self, name: str, images: list, **params) -> list:
-        """model.forward over `images`, or one error per item when the model is missing or fails."""
+    def _run_stage(self, name: str | None, images: list, **params) -> list:
+        """model.forward over `images`, or one error per item when the model is missing or fails (a model
+        bug must not take the batch's other stages with it)."""
         if not images:
             return []
-        try:
-            model = self._model(name)
-            count(self.counters, name, len(images))
-            return model.forward(images, **params)
-        except TaskError as exc:
-            return [exc] * len(images)
-        except Exception as exc:  # a model bug must not take the batch's other stages with it
-            log.exception("%s failed on a batch of %d", name, len(images))
-            return [TaskError(f"{name} failed: {exc}")] * len(images)
+        if name not in self.models:
+            why = self.unavailable.get(name, "not loaded") if name else "the catalogue has no such model"
+            return [TaskError(f"{name or 'a model'} is unavailable: {why}")] * len(images)
+        failed = lambda model, exc: TaskError(f"{model} failed: {exc}")  # noqa: E731
+        return run_grouped(self.models, {name: images}, failed, self.counters, **params)[name]
 
     def run(self, images: list[Image.Image], task_lists: list[list]) -> list[dict]:
         plans = [[self._resolve(task) for task in tasks] for tasks in task_lists]
@@ -94,14 +90,14 @@ class Analyzer:
         persons = {}
         for mode in ("score", "area"):
             keys = [k for k in person_keys if k[1] == mode]
-            for key, box in zip(keys, self._run_stage("person_detector", [images[i] for i, _ in keys], prominent=mode)):
+            for key, box in zip(keys, self._run_stage(self.person, [images[i] for i, _ in keys], prominent=mode)):
                 persons[key] = box
         face_keys = sorted({(i, r) for i, r in wanted if r[0] == "prominent_face"})
         search_in = []
         for i, (_, context, mode) in face_keys:
             person = persons.get((i, mode)) if context == "prominent_person" else None
             search_in.append(person if isinstance(person, Box) else None)  # no person: whole image, as the seed
-        faces = dict(zip(face_keys, self._run_stage("face_detector", [images[i] for i, _ in face_keys], regions=search_in)))
+        faces = dict(zip(face_keys, self._run_stage(self.face, [images[i] for i, _ in face_keys], regions=search_in)))
         out = {}
         for i, region in wanted:
             if region[0] == "whole_image":
@@ -126,8 +122,8 @@ class Analyzer:
                     continue
                 kinds = task.params["classifier"].embedding_types if task.type == "classify" else [task.type]
                 for kind in kinds:
-                    if kind in EMBEDDERS and regions[i, task.region].image is not None:
-                        needs.setdefault(EMBEDDERS[kind], set()).add((i, task.region))
+                    if kind in self.embedders and regions[i, task.region].image is not None:
+                        needs.setdefault(self.embedders[kind], set()).add((i, task.region))
         out = {}
         for name, keys in needs.items():
             keys = sorted(keys)
@@ -141,7 +137,7 @@ class Analyzer:
         out = {}
         for length in sorted({w[2] for w in wanted}):
             keys = sorted(k for k in wanted if k[2] == length)
-            texts = self._run_stage("captioner", [regions[k[0], k[1]].image for k in keys], max_length=length)
+            texts = self._run_stage(self.captioner, [regions[k[0], k[1]].image for k in keys], max_length=length)
             out.update(zip(keys, texts))
         return out
 
@@ -169,25 +165,19 @@ class Analyzer:
     def _data(self, i, item, region, embeddings, captions):
         if item.type == "detect_bounding_box":
             return region.box.as_list() if region.box is not None else None
-        if item.type in EMBEDDERS:
-            return _vector(embeddings.get((EMBEDDERS[item.type], i, item.region))).tolist()
+        if item.type in self.embedders:
+            return _vector(embeddings.get((self.embedders[item.type], i, item.region))).tolist()
         if item.type == "describe_image":
             return _value(captions.get((i, item.region, item.params["max_length"])))
         classifier = item.params["classifier"]
-        unserved = [k for k in classifier.embedding_types if k not in EMBEDDERS]
+        unserved = [k for k in classifier.embedding_types if k not in self.embedders]
         if unserved:
             raise TaskError(f"the classifier needs {', '.join(unserved)}, which this server does not compute")
-        parts = [_vector(embeddings.get((EMBEDDERS[k], i, item.region))) for k in classifier.embedding_types]
+        parts = [_vector(embeddings.get((self.embedders[k], i, item.region))) for k in classifier.embedding_types]
         try:
             return classifier.predict([np.concatenate(parts)])[0]
         except ValueError as exc:
             raise TaskError(str(exc)) from None
-
-
-def count(counters: dict, name: str, images: int) -> None:
-    entry = counters.setdefault(name, {"forward_calls": 0, "images": 0})
-    entry["forward_calls"] += 1
-    entry["images"] += images
 
 
 def _value(value):

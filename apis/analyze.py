@@ -17,9 +17,10 @@ from apis.handoff import Blob
 from apis.model_status import write_counters, write_statuses
 from apis.request_body import Upload, as_http_error, image_bytes, load_json, read_fields
 from errors import InputError
+from models.catalogue import names
 
 IMAGE_FIELDS = ("image_url", "image_base64", "image_file", "content")
-ANALYZE_MODELS = ("person_detector", "face_detector", "clip_vit_b_32", "dino_v2", "mobilenet_v2", "captioner")
+ROUTED_KINDS = ("detector", "embedder", "captioner")  # the models the router (analysis/runner.py) runs
 
 
 @dataclass(frozen=True)
@@ -81,18 +82,17 @@ async def read_analyze_request(request: Request):
 
 
 class AnalyzeAPI(ImageAPI):
-    models_needed = ANALYZE_MODELS
-
     def __init__(self, settings, status_dir: str):
         super().__init__(
             settings, api_path="/analyze",
             max_batch_size=settings.analyze_max_batch_size, batch_timeout=settings.analyze_batch_timeout,
         )
         self.status_dir = status_dir
+        self.models_needed = names(*ROUTED_KINDS)
 
     def setup(self, device):
         from models.classifiers import CollectionClassifiers
-        from models.registry import load_models
+        from models.catalogue import load_models
 
         models, unavailable = load_models(self.models_needed, self.settings, device)
         write_statuses(self.status_dir, self.models_needed, unavailable)

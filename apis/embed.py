@@ -10,15 +10,14 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Request
 
-from analysis.operations import EMBEDDERS
-from analysis.runner import count
 from apis.analyze import image_field
-from apis.base import ImageAPI, ServerFault, error_response, log
+from apis.base import ImageAPI, ServerFault, error_response
 from apis.handoff import Blob
 from apis.model_status import write_counters, write_statuses
 from apis.request_body import as_http_error, image_bytes, read_fields, shown
 from errors import InputError
-from models.registry import EMBEDDING_MODELS
+from models.catalogue import embedders, names, run_grouped
+from settings import truth
 
 DEFAULT_MODEL = "clip_vit_b_32"
 # A large JPEG is decoded in draft mode (1/2, 1/4 or 1/8 scale) down to twice the model's input side,
@@ -39,17 +38,17 @@ class EmbedRequest:
 
 def _model_name(value) -> str:
     """A model name (text; a list or an object is refused, not looked up)."""
-    name = EMBEDDERS.get(value, value) if isinstance(value, str) else None  # the /analyze type names work too
-    if name not in EMBEDDING_MODELS:
-        raise InputError(422, f"model {shown(value)} is not one of {', '.join(EMBEDDING_MODELS)}")
+    name = embedders().get(value, value) if isinstance(value, str) else None  # the /analyze type names work too
+    if name not in names("embedder"):
+        raise InputError(422, f"model {shown(value)} is not one of {', '.join(names('embedder'))}")
     return name
 
 
 def _flag(value) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, str) and (not value.strip() or truth(value) is not None):
+        return bool(value.strip()) and truth(value)  # an empty form field is the default, false
     raise InputError(422, f"normalize must be true or false, not {shown(value)}")
 
 
@@ -75,11 +74,11 @@ class EmbedAPI(ImageAPI):
         self.status_dir = status_dir
 
     def setup(self, device):
-        from models.registry import load_models
+        from models.catalogue import load_models
 
-        self.models, self.unavailable = load_models(EMBEDDING_MODELS, self.settings, device)
+        self.models, self.unavailable = load_models(names("embedder"), self.settings, device)
         self.counters = {}
-        write_statuses(self.status_dir, EMBEDDING_MODELS, self.unavailable)
+        write_statuses(self.status_dir, names("embedder"), self.unavailable)
 
     def decode_request(self, request: Annotated[EmbedRequest, Depends(read_embed_request)]):
         if request.model not in self.models:
@@ -93,17 +92,12 @@ class EmbedAPI(ImageAPI):
     def infer(self, x):
         items = self.as_batch(x)
         outputs = list(items)
-        for name, model in self.models.items():
-            group = [i for i, item in enumerate(items) if isinstance(item, tuple) and item[0].model == name]
-            if not group:
-                continue
-            try:
-                count(self.counters, name, len(group))
-                vectors = model.forward([items[i][1] for i in group])
-            except Exception as exc:
-                log.exception("%s failed on a batch of %d", name, len(group))
-                vectors = [ServerFault(repr(exc))] * len(group)
-            for i, vector in zip(group, vectors):
+        groups = {name: [i for i, item in enumerate(items) if isinstance(item, tuple) and item[0].model == name]
+                  for name in self.models}
+        vectors = run_grouped(self.models, {name: [items[i][1] for i in group] for name, group in groups.items()},
+                              lambda name, exc: ServerFault(repr(exc)), self.counters)
+        for name, found in vectors.items():
+            for i, vector in zip(groups[name], found):
                 outputs[i] = vector if isinstance(vector, Exception) else self._answer(items[i][0], vector)
         write_counters(self.status_dir, "embed", self.counters)
         return self.from_batch(outputs)

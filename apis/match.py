@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from apis.handoff import Blob
 from apis.request_body import image_bytes, load_json, shown
 from errors import InputError
+from settings import truth
 
 # path -> the envelope's "method"; every path of match's API answers errors in the envelope too
 MATCH_METHODS = {"/add": "add", "/delete": "delete", "/search": "search", "/compare": "compare",
@@ -32,8 +33,6 @@ LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 1000
 MAX_OFFSET = 2**62  # beyond any index, inside SQLite's 64-bit integers
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")  # ASCII digits only: str.isdigit() also takes "²"
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 
 
 def envelope(method: str, result: list, status: int = 200, errors: list | None = None, headers=None) -> JSONResponse:
@@ -102,8 +101,8 @@ def flag(fields: dict, name: str, default: bool) -> bool:
         return default
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
+    if isinstance(value, str) and truth(value) is not None:
+        return truth(value)
     raise InputError(400, f"field '{name}' must be true or false, not {shown(value)}")
 
 

@@ -80,7 +80,7 @@ class SearchAPI(ImageAPI):
         )
 
     def setup(self, device):
-        from models.registry import load_models
+        from models.catalogue import load_models
         from store.open import open_library
 
         self.library = open_library(self.settings)  # no network: Elasticsearch connects on first use
@@ -133,17 +133,13 @@ class SearchAPI(ImageAPI):
 
     def _embed(self, items: list) -> None:
         """Each model once over every image in the batch that needs it; a failure fails only those jobs."""
-        for name, model in self.models.items():
-            group = [item for item in items
-                     if isinstance(item, _Job) and name in self._models_needed(item.request)]
-            if not group:
-                continue
-            try:
-                vectors = model.forward([job.images[0].convert("RGB") for job in group])
-            except Exception as exc:
-                log.exception("%s failed on a batch of %d", name, len(group))
-                vectors = [ServerFault(repr(exc))] * len(group)
-            for job, vector in zip(group, vectors):
+        from models.catalogue import run_grouped
+
+        groups = {name: [item for item in items if isinstance(item, _Job) and name in self._models_needed(item.request)]
+                  for name in self.models}
+        images = {name: [job.images[0].convert("RGB") for job in group] for name, group in groups.items()}
+        for name, vectors in run_grouped(self.models, images, lambda name, exc: ServerFault(repr(exc))).items():
+            for job, vector in zip(groups[name], vectors):
                 if job.vectors is None:
                     job.vectors = {}
                 job.vectors[name] = vector

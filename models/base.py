@@ -1,6 +1,8 @@
-"""What every model class shares: a name, `load(device)`, and one batched `forward` (a list in, a list out).
+"""What every model class shares: what it declares to the catalogue, `load(device)`, and one batched
+`forward` (a list in, a list out).
 
-Models know nothing of HTTP. A model whose weights are missing or broken raises ModelUnavailable from
+Models know nothing of HTTP. Their modules import torch and the model libraries inside `load` and
+`forward`, so that reading the declarations (models/catalogue.py) costs a process no torch. A model whose weights are missing or broken raises ModelUnavailable from
 `load`, with a reason a person can act on; the server then reports it unavailable and serves the rest.
 """
 
@@ -46,10 +48,18 @@ def clamp_box(x0, y0, x1, y1, score, width, height) -> Box | None:
     return Box(x0, y0, x1, y1, float(score))
 
 
-class ImageModel(ABC):
-    """Base class: subclasses set `name` and implement `load` and `forward`."""
+KINDS = ("embedder", "detector", "captioner", "segmenter")
+REGIONS = ("prominent_person", "prominent_face")  # what a detector can find; "whole_image" needs none
 
-    name: ClassVar[str]
+
+class ImageModel(ABC):
+    """Base class: subclasses declare the class attributes below and implement `load` and `forward`."""
+
+    name: ClassVar[str]  # stable: /embed's `model`, SEARCH_MODELS, the router's embed_<name>, /model_stats
+    kind: ClassVar[str]  # one of KINDS: what the router offers for it
+    description: ClassVar[str]  # one line, shown by GET /available_operations/
+    reads: ClassVar[tuple[str, ...]] = ()  # the environment variables it reads
+    region: ClassVar[str | None] = None  # a detector's: one of REGIONS
 
     def __init__(self, settings):
         self.settings = settings

@@ -5,7 +5,6 @@ which other images share its batch, and it is several times faster than beam sea
 BLIP *large* with num_beams=4; pass `num_beams=4` to the constructor (or to `forward`) for that.
 """
 
-import torch
 from PIL import Image
 
 from models.base import ImageModel, ModelUnavailable
@@ -17,6 +16,9 @@ DEFAULT_MAX_LENGTH = 50  # tokens, counting BLIP's start token, as in the seed's
 
 class Captioner(ImageModel):
     name = "captioner"
+    kind = "captioner"
+    description = "A caption (BLIP through transformers)"
+    reads = ("CAPTION_MODEL", "MODEL_DIR", "ALLOW_DOWNLOADS")
 
     def __init__(self, settings, num_beams: int = 1):
         super().__init__(settings)
@@ -28,6 +30,8 @@ class Captioner(ImageModel):
         self.window = None  # set when the image processor resizes the short side (BLIP's resizes to a fixed square)
 
     def load(self, device: str) -> None:
+        import torch
+
         offline_guard(self.settings)  # before transformers looks anything up
         name = self.settings.caption_model
         source, kwargs = pretrained_source(self.settings, name)
@@ -46,9 +50,14 @@ class Captioner(ImageModel):
         self.model, self.processor, self.device = model, processor, device
         self.window = processor_window(processor.image_processor)
 
-    @torch.inference_mode()
     def forward(self, images: list[Image.Image], max_length: int = DEFAULT_MAX_LENGTH,
                 num_beams: int | None = None) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            return self._captions(images, max_length, num_beams)
+
+    def _captions(self, images, max_length, num_beams) -> list[str]:
         if self.model is None:
             raise RuntimeError("Captioner.forward called before load()")
         if not images:

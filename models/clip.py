@@ -8,8 +8,6 @@ else is an (arch, tag) pair resolved through the Hugging Face cache in MODEL_DIR
 import contextlib
 
 import numpy as np
-import open_clip
-import torch
 from PIL import Image
 
 from models import weights
@@ -21,6 +19,9 @@ class ClipEmbedder(EmbeddingModel):
     """`forward(images)` -> one unnormalised float32 vector of length `dim` per image (dim is known after load)."""
 
     name = "clip_vit_b_32"
+    kind = "embedder"
+    description = "CLIP ViT-B/32 image embedding (open_clip)"
+    reads = ("CLIP_MODEL", "CLIP_PRETRAINED", "MODEL_DIR", "ALLOW_DOWNLOADS")
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -30,6 +31,8 @@ class ClipEmbedder(EmbeddingModel):
         self.window = None  # (short side, centre crop) of the val transform, when it resizes the short side
 
     def load(self, device: str) -> None:
+        import open_clip
+
         weights.offline_guard(self.settings)
         arch, tag = self.settings.clip_model, self.settings.clip_pretrained
         try:
@@ -57,12 +60,16 @@ class ClipEmbedder(EmbeddingModel):
         return centre_window(image, *self.window) if self.window else image
 
     def _autocast(self):
+        import torch
+
         # fp16 halves the time on a GPU; CPU stays fp32 (CPU half precision is slow and less exact)
         if str(self.device).startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
+        import torch
+
         if not images:
             return []
         batch = torch.stack([self.preprocess(self._bounded(image).convert("RGB")) for image in images]).to(self.device)

@@ -5,7 +5,6 @@ folder written by `save_pretrained`; models/weights.py decides which.
 """
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models import weights
@@ -22,6 +21,9 @@ class DinoEmbedder(EmbeddingModel):
     """
 
     name = "dino_v2"
+    kind = "embedder"
+    description = "DINOv2 ViT-B/14 image embedding (transformers)"
+    reads = ("DINO_MODEL", "MODEL_DIR", "ALLOW_DOWNLOADS")
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -48,6 +50,8 @@ class DinoEmbedder(EmbeddingModel):
         self.window = processor_window(processor)
 
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
+        import torch
+
         if not images:
             return []
         # one processor call: every image is resized and cropped to the same size, so they stack

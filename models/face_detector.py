@@ -30,6 +30,9 @@ def reduced(image: Image.Image) -> tuple[Image.Image, float]:
 
 class FaceDetector(ImageModel):
     name = "face_detector"
+    kind = "detector"
+    region = "prominent_face"
+    description = "prominent face (MTCNN)"
 
     def __init__(self, settings):
         super().__init__(settings)

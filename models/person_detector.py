@@ -3,10 +3,7 @@
 import math
 from pathlib import Path
 
-import torch
 from PIL import Image
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
-from torchvision.transforms.functional import to_tensor
 
 from models import weights
 from models.base import Box, ImageModel, ModelUnavailable, clamp_box
@@ -39,6 +36,10 @@ def pick_prominent(boxes, scores, labels, width: int, height: int, prominent: st
 
 class PersonDetector(ImageModel):
     name = "person_detector"
+    kind = "detector"
+    region = "prominent_person"
+    description = "prominent person (Faster R-CNN, COCO)"
+    reads = ("PERSON_WEIGHTS", "PERSON_MIN_SIZE", "MODEL_DIR", "ALLOW_DOWNLOADS")
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -51,15 +52,14 @@ class PersonDetector(ImageModel):
         if Path(value).is_file():  # an explicit path is used as is
             path = Path(value)
             weights.check_hash(path)
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ModelUnavailable(f"{path} could not be read as a state dict: {exc}") from None
+            return weights.state_dict(path)
         if "/" in value or "\\" in value:  # looks like a path, not a torchvision file name
             raise ModelUnavailable(f"PERSON_WEIGHTS={value}: no such file")
         return weights.torchvision_state_dict(self.settings, value, URL.format(value))
 
     def load(self, device: str) -> None:
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
         state = self._state_dict()
         try:
             model = fasterrcnn_resnet50_fpn(
@@ -77,8 +77,10 @@ class PersonDetector(ImageModel):
         scale = min(self.min_size / min(w, h), self.max_size / max(w, h))
         return tuple(math.ceil(math.floor(d * scale) / 32) * 32 for d in (h, w))
 
-    @torch.inference_mode()
     def forward(self, images: list[Image.Image], prominent: str = "score") -> list[Box | None]:
+        import torch
+        from torchvision.transforms.functional import to_tensor
+
         if prominent not in PROMINENT:
             raise ValueError(f"prominent must be one of {', '.join(PROMINENT)}, not {prominent!r}")
         # One model call per padded shape, not one for the whole list: torchvision zero-pads a batch
@@ -92,7 +94,9 @@ class PersonDetector(ImageModel):
         results: list[Box | None] = [None] * len(images)
         for indices in groups.values():
             tensors = [to_tensor(images[i].convert("RGB")).to(self.device) for i in indices]
-            for i, out in zip(indices, self.model(tensors)):
+            with torch.inference_mode():
+                found = self.model(tensors)
+            for i, out in zip(indices, found):
                 width, height = images[i].size
                 results[i] = pick_prominent(
                     out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), width, height, prominent,

@@ -19,8 +19,6 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
-
 from models.base import ModelUnavailable
 
 log = logging.getLogger("imageserver.models")
@@ -89,6 +87,8 @@ def check_hash(path: Path) -> None:
 
 def torchvision_file(settings, filename: str, url: str) -> Path:
     """Path of a torchvision weights file, downloading it into MODEL_DIR only if allowed."""
+    import torch  # here, not at the top: the catalogue is read in processes that never load torch
+
     candidates = [
         model_dir(settings) / "torchvision" / filename,
         Path(torch.hub.get_dir()) / "checkpoints" / filename,
@@ -114,7 +114,13 @@ def torchvision_file(settings, filename: str, url: str) -> Path:
 
 
 def torchvision_state_dict(settings, filename: str, url: str) -> dict:
-    path = torchvision_file(settings, filename, url)
+    return state_dict(torchvision_file(settings, filename, url))
+
+
+def state_dict(path: Path) -> dict:
+    """The tensors of a .pth file (weights_only: a pickle cannot run code here)."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
