@@ -51,6 +51,11 @@ weights: install
 photos: install-test
 	$(PY) -m tests.photos
 
+# docs/configuration.md is written from settings.py and the model catalogue; tests/test_docs.py checks it is current
+.PHONY: docs
+docs: install
+	$(PY) tools/configuration_doc.py > docs/configuration.md.tmp && mv docs/configuration.md.tmp docs/configuration.md
+
 # snowman.png is tracked by snowman.png.dvc (an import of the seed's public image URL).
 snowman.png:
 	@test -x $(VENV)/bin/dvc || $(PIP) install -e ".[dvc]"
