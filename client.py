@@ -158,7 +158,7 @@ def cmd_train_classifier(client: httpx.Client, args) -> dict:
     """Embed two folders through the server (or read an .npz), train, report on a held-out split, save."""
     import numpy as np
 
-    from models.classifiers import train, write
+    from classifier_training import train, write
 
     if args.embeddings:
         with np.load(args.embeddings) as data:

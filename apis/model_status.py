@@ -9,12 +9,11 @@ import json
 import os
 from pathlib import Path
 
+from atomic_files import write_atomically
+
 
 def write_status(directory: str, model: str, reason: str | None) -> None:
-    path = Path(directory) / f"status-{model}.json"
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"model": model, "reason": reason}))
-    partial.replace(path)
+    write_atomically(Path(directory) / f"status-{model}.json", json.dumps({"model": model, "reason": reason}).encode())
 
 
 def write_statuses(directory: str, models, unavailable: dict) -> None:
@@ -29,10 +28,7 @@ def read_status(directory: str) -> dict[str, str | None]:
 
 def write_counters(directory: str, owner: str, counters: dict) -> None:
     """Forward calls and images per model, from one worker (file named by api and pid)."""
-    path = Path(directory) / f"counters-{owner}-{os.getpid()}.json"
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(counters))
-    partial.replace(path)
+    write_atomically(Path(directory) / f"counters-{owner}-{os.getpid()}.json", json.dumps(counters).encode())
 
 
 def read_counters(directory: str) -> dict:

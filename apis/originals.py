@@ -13,8 +13,8 @@ from PIL import Image
 
 from errors import InputError
 from images.decode import decode_image
+from store.blobs import SHA256
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SIDE = re.compile(r"^[0-9]{1,5}$")  # ASCII digits: str.isdigit() also takes "²", which int() refuses
 
 
@@ -47,7 +47,7 @@ _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content
 
 def add_original_routes(app: FastAPI, auth) -> None:
     def original(sha256: str, request: Request, size: str | None = None):
-        if not _SHA256.fullmatch(sha256):
+        if not SHA256.fullmatch(sha256):
             return JSONResponse({"detail": "not a SHA-256: expected 64 lowercase hex digits"}, status_code=400)
         low, high = THUMBNAIL_SIDES
         if size is not None and not (_SIDE.fullmatch(size) and low <= int(size) <= high):

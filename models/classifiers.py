@@ -3,16 +3,13 @@
 The layout is the image_embed seed's: `best_models.json` maps str(collection_id) to a file name (old
 format: CLIP ViT-B/32, whole image, 512-d) or to {"model_file", "embedding_type" ("a+b" = concatenated
 in that order), "target" (the seed's "derivative_type"), "dimensionality"}; models are joblib pickles.
+This module reads them; classifier_training.py trains and writes them (for client.py's train-classifier).
 """
 
-import fcntl
 import json
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import joblib
@@ -24,7 +21,6 @@ from models.weights import model_dir
 MAPPING = "best_models.json"
 OLD_FORMAT = {"embedding_type": "embed_clip_vit_b_32", "target": "whole_image", "dimensionality": 512}
 TARGETS = ("whole_image", "prominent_person", "prominent_face")
-_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class UnknownCollection(ValueError):
@@ -131,56 +127,11 @@ class CollectionClassifiers:
             return model
 
 
-def train(positives: np.ndarray, negatives: np.ndarray, seed: int = 42) -> tuple[object, dict]:
-    """The seed's logistic regression, scored on a stratified 80/20 hold-out, then refit on everything."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import precision_recall_fscore_support
-    from sklearn.model_selection import train_test_split
+def __getattr__(name):
+    """train and write live in classifier_training.py; this keeps `from models.classifiers import train, write`
+    (tests/test_analyze_http.py) working until that import moves too."""
+    if name in ("train", "write"):
+        import classifier_training
 
-    pos, neg = np.asarray(positives, dtype=np.float64), np.asarray(negatives, dtype=np.float64)
-    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1] or min(len(pos), len(neg)) < 5:
-        raise ValueError(f"need (n, d) arrays with one d and n >= 5 each; got {pos.shape} and {neg.shape}")
-    x, y = np.vstack([pos, neg]), np.r_[np.ones(len(pos), dtype=bool), np.zeros(len(neg), dtype=bool)]
-
-    def fresh():
-        return LogisticRegression(class_weight="balanced", C=0.1, solver="liblinear", random_state=seed)
-
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
-    predicted = fresh().fit(x_train, y_train).predict(x_test)
-    precision, recall, f1, _ = precision_recall_fscore_support(y_test, predicted, average="binary", zero_division=0)
-    report = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-              "n_train": len(y_train), "n_test": len(y_test), "threshold": 0.5}
-    return fresh().fit(x, y), report
-
-
-def _atomic(path: Path, save) -> None:
-    """save(temporary path), then rename over `path`: readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write(directory, collection_id, model, embedding_type: str, target: str, dimensionality: int) -> Path:
-    """Save `model` as collection_{id}_classifier_{YYYY-MM-DD_HHMMSS}.pkl and point best_models.json at it."""
-    key, directory = str(collection_id), Path(directory)
-    if not _ID.match(key) or target not in TARGETS or not all(embedding_type.split("+")):
-        raise ValueError(f"bad collection id {key!r}, target {target!r} or embedding type {embedding_type!r}")
-    if getattr(model, "n_features_in_", dimensionality) != dimensionality:
-        raise ValueError(f"the model takes {model.n_features_in_} values, not {dimensionality}")
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".best_models.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent trainings must not lose each other's mapping entries
-        when = datetime.now()
-        while (path := directory / f"collection_{key}_classifier_{when:%Y-%m-%d_%H%M%S}.pkl").exists():
-            when += timedelta(seconds=1)  # two runs in one second still get distinct names, in order
-        _atomic(path, lambda tmp: joblib.dump(model, tmp))
-        mapping = json.loads((directory / MAPPING).read_text()) if (directory / MAPPING).exists() else {}
-        mapping[key] = {"model_file": path.name, "embedding_type": embedding_type, "target": target,
-                        "derivative_type": target, "dimensionality": int(dimensionality)}  # what the seed reads
-        _atomic(directory / MAPPING, lambda tmp: Path(tmp).write_text(json.dumps(mapping, indent=2) + "\n"))
-    return path
+        return getattr(classifier_training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,14 +2,13 @@
 
 Threads: each inference worker is its own process, and torch sizes its OpenMP pool to every core by
 default. Two workers (or one worker beside the HTTP process and the image decoder) then oversubscribe
-the cores, and OpenMP's spinning threads collapse under contention: MobileNetV2 at batch 1 with 2
-threads fell from ~55 to 1.8 images/s while one other process was busy on this 2-core machine, against
-40 images/s with 1 thread. So each worker takes its share: TORCH_THREADS, or cores // WORKERS_PER_DEVICE.
+the cores, and OpenMP's spinning threads collapse under contention. So each worker takes its share:
+TORCH_THREADS, or cores // WORKERS_PER_DEVICE.
 
 Allocator: a batched forward allocates tens of MB of activations; glibc returns them to the kernel after
-each call (mmap for large blocks, heap trimming) and faults them back in on the next (~9,400 minor page
-faults per image at batch 8). Keeping them (a fixed mmap threshold and no trimming) made MobileNetV2's
-batch-8 forward 1.6x faster here (bench/README.md). Skipped when the operator sets MALLOC_* themselves.
+each call (mmap for large blocks, heap trimming) and faults them back in on the next. Keeping them (a
+fixed mmap threshold and no trimming) makes the forward faster. Skipped when the operator sets MALLOC_*
+themselves. Figures for both: bench/README.md, "/embed and /analyze benchmark", "Reading it".
 
 Idle: every worker (model or not) runs a settling thread that, once the worker is idle, collects cycles
 and trims the heap, so a large or refused image leaves nothing behind (start_memory_settler).

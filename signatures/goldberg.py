@@ -16,12 +16,10 @@ from image_match.signature_database_base import get_words, max_contrast, normali
 from PIL import Image
 
 from images.decode import fit_within
+from signatures.shape import SIGNATURE_LENGTH, WORD_COUNT, WORD_LENGTH
 
-# image_match's SignatureDatabaseBase defaults, which match uses unchanged
-WORD_LENGTH = 16  # k
-WORD_COUNT = 63  # N
+# image_match's SignatureDatabaseBase default, which match uses unchanged
 CUTOFF = 0.45  # distance_cutoff: below it two images are "the same picture"
-SIGNATURE_LENGTH = 648
 
 
 class _Signer(ImageSignature):

@@ -4,12 +4,13 @@ Pixels with alpha < 128 are ignored, as in imagestats-api. Colours are reported 
 and as a hex string whose channels are rounded half-up (the seed truncated).
 """
 
-import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from atomic_files import write_atomically
 
 ALPHA_CUTOFF = 128
 HSV_BINS = 10  # per channel; keys are h*100 + s*10 + v, so no two (h, s, v) bins share a key
@@ -104,10 +105,7 @@ def bin_table(cache_dir: str | None = None) -> np.ndarray:
         rgb = np.stack([index & 255, (index >> 8) & 255, index >> 16], axis=1).astype(np.uint8)
         table[start : start + step] = hsv_bin_keys(rgb)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(partial, "wb") as out:
-        np.save(out, table)
-    partial.replace(path)  # atomic: a concurrent worker never reads a half-written table
+    write_atomically(path, lambda out: np.save(out, table))  # a concurrent worker never reads a half-written table
     return table
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from store.blobs import SHA256
+
 
 class StoreError(Exception):
     """The backend failed or cannot be reached; the API answers 503 naming it, never a silent loss."""
@@ -28,7 +30,6 @@ class GalleryFull(Exception):
 
 GALLERY_USER_MAX = 200  # characters; a user id is a cookie value or an account name
 GALLERY_NAME_MAX = 200  # characters; the seed's form allowed 50
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RECORD_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, made by the store
 
 
@@ -51,7 +52,7 @@ def check_gallery_text(what: str, value, longest: int) -> str:
 
 
 def check_sha256(what: str, value) -> str:
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not isinstance(value, str) or not SHA256.match(value):
         raise ValueError(f"{what} is 64 lowercase hex digits (a SHA-256), not {value!r}")
     return value
 

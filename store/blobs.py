@@ -7,10 +7,12 @@ one file. Two directory levels keep any one directory small at millions of files
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+from atomic_files import write_atomically
+
+# a SHA-256 as the store and the API name one: 64 lowercase hex digits
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BlobStore:
@@ -19,7 +21,7 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
-        if not _SHA256.match(sha):  # the name becomes a file path: never let "../" or a slash through
+        if not SHA256.match(sha):  # the name becomes a file path: never let "../" or a slash through
             raise ValueError(f"not a lowercase hex SHA-256: {sha!r}")
         return self.root / sha[:2] / sha[2:4] / sha
 
@@ -30,18 +32,9 @@ class BlobStore:
         if target.exists():
             return sha
         target.parent.mkdir(parents=True, exist_ok=True)
-        # temp file in the same directory, fsync, rename: a reader sees the whole file or none of it
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        fsync(target.parent)  # make the rename itself survive a power loss
+        # a reader sees the whole file or none of it; synced, rename included: durable when put returns.
+        # Owner-only permissions, as the tempfile.mkstemp this used made them.
+        write_atomically(target, data, durable=True, mode=0o600)
         return sha
 
     def get(self, sha: str) -> bytes | None:
@@ -58,11 +51,3 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-
-def fsync(path: Path) -> None:
-    """Flush a file's data, or a directory's entries (so a rename in it survives a power loss), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

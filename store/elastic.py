@@ -212,6 +212,14 @@ def _api_detail(exc: ApiError) -> str:
     return f"{exc.meta.status} {error or exc.message}"
 
 
+def _raise_if_index_missing(response) -> None:
+    """For a get or delete by id sent with ignore_status=404: a missing document answers 404 without an
+    error body, a missing index (or another failure) with one, raised here as the ApiError it would have
+    been, for `_errors` to report (and, for index_not_found, to create the index again)."""
+    if response.meta.status == 404 and "error" in response.body:
+        raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+
+
 class BulkAddError(StoreError):
     """Some records of an add_many were refused; the others are indexed (bulk is not a transaction)."""
 
@@ -543,8 +551,7 @@ class ElasticStore(Store):
                 self._es.options(ignore_status=404).get, {"source_exclude_vectors": False},
                 index=self.index, id=doc_id(path),
             )
-            if response.meta.status == 404 and "error" in response.body:  # the index, not the document
-                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+            _raise_if_index_missing(response)
         body = response.body
         if not body.get("found") or body["_source"].get("path") != path:
             return None
@@ -556,8 +563,7 @@ class ElasticStore(Store):
             response = self._es.options(ignore_status=404).delete(
                 index=self.index, id=doc_id(path), refresh=self.refresh
             )
-            if response.meta.status == 404 and "error" in response.body:
-                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+            _raise_if_index_missing(response)
         return self._acknowledged(response, f"delete {path!r}", ("deleted", "not_found")) == "deleted"
 
     def count(self) -> int:
@@ -736,8 +742,7 @@ class ElasticStore(Store):
         self.ensure_gallery_index()
         with self._errors(f"get gallery record {record_id!r}"):
             response = self._es.options(ignore_status=404).get(index=self.gallery_index, id=record_id)
-            if response.meta.status == 404 and "error" in response.body:  # the index, not the document
-                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+            _raise_if_index_missing(response)
         body = response.body
         if not body.get("found") or body["_source"].get("user") != user:
             return None
@@ -749,8 +754,7 @@ class ElasticStore(Store):
             response = self._es.options(ignore_status=404).delete(
                 index=self.gallery_index, id=record_id, refresh=refresh
             )
-            if response.meta.status == 404 and "error" in response.body:
-                raise ApiError(str(response.body.get("error")), meta=response.meta, body=response.body)
+            _raise_if_index_missing(response)
         return self._acknowledged(response, f"delete gallery record {record_id!r}", ("deleted", "not_found"))
 
     def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,

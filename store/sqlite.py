@@ -1,33 +1,18 @@
 """The embedded index: one SQLite file, `<data_dir>/index.sqlite3`, in WAL mode; SQLite is the source of truth.
 
 Durability: WAL with synchronous=FULL, so an add that returned survives a power loss, not only a killed
-process (WAL+NORMAL survives kill -9 but may lose the last commits on power loss). Measured here (2 cores,
-ext4 on a virtual disk, one record = signature + 63 words + one 1280-d embedding, one transaction each):
-  empty index:  NORMAL 1373-1473 adds/s (p50 0.45 ms, p99 5.5 ms)  FULL 1316-1342 adds/s (p50 0.66, p99 3.0 ms)
-  100k records: NORMAL  576 adds/s      (p50 0.70 ms, p99  14 ms)  FULL  508 adds/s      (p50 0.95, p99  12 ms)
-FULL costs 2-12% of add throughput here (fsync is cheap on this disk; on a slow disk it costs more, since
-it is one fsync per add), which is worth the guarantee that the Store interface makes: `add` is durable
-when it returns. `SQLiteStore(..., synchronous="NORMAL")` is there for bulk loads that can be redone.
+process (WAL+NORMAL survives kill -9 but may lose the last commits on power loss). FULL costs a few
+percent of add throughput on a fast disk and more on a slow one (one fsync per add), which is worth the
+guarantee that the Store interface makes: `add` is durable when it returns.
+`SQLiteStore(..., synchronous="NORMAL")` is there for bulk loads that can be redone.
 
 candidates(): the posting lists are a WITHOUT ROWID table clustered on (position, word, record_id), so each
 query word is one index seek followed by a contiguous run of ids. One SQL statement counts each query
 word's postings (capped: it stops reading at WORD_CAP + 1), drops the words above WORD_CAP, joins the rest
-and groups by record in SQLite's C code; Python then only reads the `limit` best rows. Measured on
-synthetic-perturbed records (real signatures of random crops of 47 real photos, each record one of them
-with 15% of its values moved by one level; 10% of records low-feature, 85% zeros, which makes posting
-lists of thousands), 200 queries (re-perturbed stored records, half of them low-feature), ranked ids only:
-  100k records:  no cap p50 1.73 ms, max 10 ms | cap 5000 p50 1.87, max 12 | cap 2000 p50 1.02, max 4.5 ms
-                 per-word queries merged in numpy, cap 2000: p50 1.51 ms, max 9.1 ms (Python touches every id)
-  1M records:    no cap   p50 14.2 ms, p90 74 ms, max 193 ms, own record found 200/200
-  (2.4 GB file)  cap 5000 p50  5.0 ms, p90 11 ms, max  22 ms, 195/200
-                 cap 2000 p50  3.5 ms, p90  8 ms, max  17 ms, 195/200   <- WORD_CAP
-                 cap 1000 p50  1.9 ms, p90  3 ms, max   4 ms, 191/200
-  at 1M with cap 2000: candidates() with its 100 rows p50 4.6 ms; search_signatures with one signature
-  p50 5.1 ms (p90 9.8); with 8 signatures (all orientations) p50 11.5 ms. count() 12 ms; list_paths at
-  offset 500k 190 ms (OFFSET walks the rows).
-The cap bounds the worst case (63 words x WORD_CAP postings at most, whatever the index size) at the price
-of low-feature images, whose only words are the popular ones: skipped words cannot vote, and the 5 of 200
-lost above are all low-feature. Without a cap a low-feature query reads hundreds of thousands of postings.
+and groups by record in SQLite's C code; Python then only reads the `limit` best rows. The cap bounds the
+worst case (63 words x WORD_CAP postings at most, whatever the index size) at the price of low-feature
+images, whose only words are the popular ones: skipped words cannot vote. Without a cap a low-feature
+query reads hundreds of thousands of postings.
 
 nearest() and nearest_signatures(): store/vectors.py. Each model's embeddings, and the signatures, have an
 index that agrees with SQLite (caught up before every query from ids above the last one seen plus the
@@ -37,30 +22,15 @@ every server worker shares its pages) plus the exact in-memory tail of newer rec
 scored exactly (cosine from SQLite's vectors; image_match's distance from the signatures), so only
 recall is approximate. search_signatures uses nearest_signatures instead of the word lookup here: the
 word lookup cannot see a match that shares no word (or only popular ones), nor does it stay fast at 1M.
-Measured by bench/search.py (bench/README.md, "Search benchmark"; 2-core AMD EPYC, no GPU, load 0.7-1.5),
-records made from real photo crops perturbed to reach the count, top-1 against an exact scan in the same run:
-                        10k          100k          1M
-  one signature p50   0.86 ms      0.82 ms      1.71 ms  (p99 2.6 ms; same top-1 250/250 at every size)
-    word lookup p50   2.12 ms      3.00 ms      6.63 ms  (same top-1 247, 244, 240 of 250)
-    exact scan p50    0.8 ms       10.1 ms       124 ms  (numpy, float32 matrix in memory)
-  8 orientations p50  3.85 ms      4.91 ms      9.13 ms  (p99 18 ms; same top-1 150, 149, 150 of 150)
-  embedding k=10 p50  1.74 ms      3.16 ms      6.57 ms  (p99 43 ms at 1M, SQLite reads; recall@10 1.000)
-    brute force p50   1.6 ms       16.1 ms       163 ms
-The 149/150: a match at distance 0.4495 (cutoff 0.45) whose IVF list ranks 84th of 632 for the query.
-Snapshot builds at 1M: embeddings 33 s (PCA 256 of 1280, 2000 lists, probe 32, re-rank 256 from SQLite),
-signatures 13 s (PCA 48 of 648, 2000 lists, probe 64, re-rank 256); 1.8 GB on disk. Per worker process at
-1M: 47 MiB private memory in all (8 MiB for both indexes), against 5 GiB and a 16 s load (extrapolated) for
-the exact in-memory index this replaced; open and first query 0.05 s. The tail costs up to about 20,000 x
-7.7 KB (embedding and signature) privately per process until the background merge folds it into a new
-snapshot.
-Earlier, at 100k x 1280: faiss HNSW32 p50 0.37 ms but recall@10 0.925 and no deletion; faiss IVF1024
-(nprobe 16) 0.84 ms, recall@10 0.958. The numpy IVF here is slower per probe but needs no new dependency,
-keeps its files memory-mapped and shared, and follows SQLite's removed log across processes.
+The numpy IVF needs no new dependency (faiss was tried), keeps its files memory-mapped and shared, and
+follows SQLite's removed log across processes.
 
 bulk_load(): one transaction for an import, postings inserted sorted by key at the end (each page of the
-posting B-tree written once). 1M records (signature, words, one 1280-d embedding each) in 445 s, 100k in
-55 s, 7.7 GB file at 1M; `add` one at a time (a durable transaction each) runs at 707 / 486 / 329 records/s
-at 10k / 100k / 1M.
+posting B-tree written once).
+
+Measured figures (add rates with each synchronous mode, the word lookup with and without WORD_CAP,
+search and nearest at 10k, 100k and 1M records, snapshot builds, memory per worker, bulk loads) are in
+bench/README.md, "Search benchmark".
 
 The gallery (background-removal records) is the `gallery` table in the same file, durable like `add`.
 gallery_add counts the user's records and inserts in one BEGIN IMMEDIATE transaction (one writer at a
@@ -77,18 +47,17 @@ from pathlib import Path
 
 import numpy as np
 
+from signatures.shape import SIGNATURE_LENGTH, WORD_COUNT
 from store.base import (GALLERY_NAME_MAX, GalleryFull, GalleryRecord, Neighbour, Record, Store,
                         StoreError, check_gallery_add, check_gallery_text, check_page, is_gallery_id)
 from store.vectors import SIGNATURES, VectorIndex, VectorParams, embeddings
 
-SIGNATURE_LENGTH = 648
-WORD_COUNT = 63
 FILENAME = "index.sqlite3"
 # a (position, word) pair shared by more records than this says nothing about similarity (the
 # all-zero word of featureless borders, say): candidates() skips it rather than read its posting list
 WORD_CAP = 2000
 # the signature index: 48 PCA dimensions of the unit-length signatures rank the candidates, which are then
-# scored exactly; 64 of about 2 sqrt(n) lists probed (see the measurements above)
+# scored exactly; 64 of about 2 sqrt(n) lists probed (measured: bench/README.md, "Search benchmark")
 SIGNATURE_VECTORS = VectorParams(reduced_dim=48, nprobe=64, rerank=256)
 
 SCHEMA = """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.blobs import fsync
+from atomic_files import fsync
 
 FORMAT = 2
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from classifier_training import train, write
 from models.base import ModelUnavailable
 from models.captioner import Captioner
-from models.classifiers import CollectionClassifiers, UnknownCollection, train, write
+from models.classifiers import CollectionClassifiers, UnknownCollection
 from settings import Settings
 from tests import photos
 from tests.tiny_models import build_tiny_blip
