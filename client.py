@@ -29,6 +29,11 @@ from pathlib import Path
 
 import httpx
 
+from analysis.operations import TARGETS
+from atomic_files import write_atomically
+from models import catalogue
+from settings import AVERAGING_METHODS
+
 COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier", "index", "search", "compare", "remove")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
 
@@ -131,9 +136,7 @@ def cmd_caption_folder(client: httpx.Client, args) -> dict:
         except ClientError as exc:
             failed[str(image)] = str(exc)
             continue
-        partial = image.with_suffix(".txt.part")
-        partial.write_text(outcome["data"] + "\n", encoding="utf-8")
-        partial.replace(image.with_suffix(".txt"))  # never a half-written caption
+        write_atomically(image.with_suffix(".txt"), (outcome["data"] + "\n").encode("utf-8"))  # never half a caption
         written += 1
     summary = {"written": written, "skipped_existing": len(image_files(folder)) - len(todo), "failed": failed}
     if failed:
@@ -346,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     stats = commands.add_parser("stats", help="EXIF, GPS, average and dominant colour")
     stats.add_argument("image", nargs="?", default="snowman.png", help="a file path or an http(s) URL")
-    stats.add_argument("--method", choices=("arithmetic", "geometric", "harmonic"), help="average colour method")
+    stats.add_argument("--method", choices=AVERAGING_METHODS, help="average colour method")
     stats.set_defaults(run=cmd_stats)
 
     analyze = commands.add_parser("analyze", help="run /analyze tasks on one image")
@@ -357,14 +360,14 @@ def parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="one embedding from /embed")
     embed.add_argument("image", help="a file path or an http(s) URL")
-    embed.add_argument("--model", default="clip_vit_b_32", choices=("clip_vit_b_32", "dino_v2", "mobilenet_v2"))
+    embed.add_argument("--model", default="clip_vit_b_32", choices=catalogue.names("embedder"))
     embed.add_argument("--normalize", action="store_true", help="L2-normalise the vector")
     embed.set_defaults(run=cmd_embed)
 
     caption = commands.add_parser("caption-folder", help="write NAME.txt captions beside every image in a folder")
     caption.add_argument("folder")
     caption.add_argument("--max-length", type=int, default=50)
-    caption.add_argument("--target", default="whole_image", choices=("whole_image", "prominent_person", "prominent_face"))
+    caption.add_argument("--target", default="whole_image", choices=TARGETS)
     caption.add_argument("--force", action="store_true", help="overwrite existing captions")
     caption.set_defaults(run=cmd_caption_folder)
 
@@ -373,8 +376,8 @@ def parser() -> argparse.ArgumentParser:
     trainer.add_argument("--positives", metavar="DIR")
     trainer.add_argument("--negatives", metavar="DIR")
     trainer.add_argument("--embeddings", metavar="FILE.npz", help="arrays 'positives' and 'negatives'")
-    trainer.add_argument("--model", default="clip_vit_b_32", choices=("clip_vit_b_32", "dino_v2", "mobilenet_v2"))
-    trainer.add_argument("--target", default="whole_image", choices=("whole_image", "prominent_person", "prominent_face"))
+    trainer.add_argument("--model", default="clip_vit_b_32", choices=catalogue.names("embedder"))
+    trainer.add_argument("--target", default="whole_image", choices=TARGETS)
     trainer.add_argument("--classifier-dir", default=os.environ.get("CLASSIFIER_DIR") or str(
         Path(os.environ.get("MODEL_DIR", Path.home() / ".cache" / "imageserver" / "models")) / "classifiers"))
     trainer.set_defaults(run=cmd_train_classifier)

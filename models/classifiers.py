@@ -15,12 +15,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from models.base import ModelUnavailable
+from models.base import REGIONS, ModelUnavailable
 from models.weights import model_dir
 
 MAPPING = "best_models.json"
 OLD_FORMAT = {"embedding_type": "embed_clip_vit_b_32", "target": "whole_image", "dimensionality": 512}
-TARGETS = ("whole_image", "prominent_person", "prominent_face")
+TARGETS = ("whole_image", *REGIONS)  # where a classifier's embeddings are taken
 
 
 class UnknownCollection(ValueError):
@@ -126,12 +126,3 @@ class CollectionClassifiers:
             self._models[path] = ((stat.st_mtime_ns, stat.st_size), model)  # reloaded when the file changes
             return model
 
-
-def __getattr__(name):
-    """train and write live in classifier_training.py; this keeps `from models.classifiers import train, write`
-    (tests/test_analyze_http.py) working until that import moves too."""
-    if name in ("train", "write"):
-        import classifier_training
-
-        return getattr(classifier_training, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.classifiers import train, write
+from classifier_training import train, write
 from tests import photos
 from tests.conftest import start_server
 from tests.tiny_models import build_random_person_detector, build_tiny_blip, build_tiny_clip

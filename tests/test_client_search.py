@@ -156,7 +156,9 @@ def test_search_finds_a_rotated_copy_only_when_orientations_are_searched(search_
     body = ok_json(client(search_server, "search", str(rotated)))
     assert body["status"] == "ok"
     best = body["result"][0]
-    assert best["filepath"] in ("album/cats/chelsea.png", "changing/cats/chelsea.png")
+    # any indexed copy of the photo: byte-identical copies (many/NN-chelsea.png) tie in no guaranteed order
+    assert best["filepath"] in ("album/cats/chelsea.png", "changing/cats/chelsea.png") or (
+        best["filepath"].startswith("many/") and best["filepath"].endswith("-chelsea.png"))
     assert 55 < best["score"] <= 100
 
     plain = ok_json(client(search_server, "search", str(rotated), "--no-orientations"))
@@ -186,10 +188,12 @@ def test_compare_gives_100_for_the_same_photo_and_less_for_another(search_server
 
 def test_search_and_compare_send_urls_for_the_server_to_fetch(search_server, album, photo_server):
     url = f"{photo_server.url}/photo/chelsea"
+    # the photo itself, or a byte-identical copy another test indexes as many/NN-chelsea.png (they tie)
+    same_photo = ("cats/chelsea.png", "-chelsea.png")
     body = ok_json(client(search_server, "search", url))
-    assert body["result"][0]["filepath"].endswith("cats/chelsea.png")
+    assert body["result"][0]["filepath"].endswith(same_photo)
     body = ok_json(client(search_server, "search", url, "--similar", "--limit", "1"))
-    assert body["filename"] == url and body["similar_images"][0]["filepath"].endswith("cats/chelsea.png")
+    assert body["filename"] == url and body["similar_images"][0]["filepath"].endswith(same_photo)
     body = ok_json(client(search_server, "compare", url, str(photos.path("chelsea"))))  # a URL beside a file
     assert body["result"] == [{"score": pytest.approx(100.0)}]
 

@@ -264,8 +264,8 @@ def test_settings_are_frozen():
         Settings().port = 1
 
 
-def test_readme_documents_every_variable():
+def test_the_configuration_page_documents_every_variable():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert [name for name in VARIABLES if f"`{name}`" not in readme] == []
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert [name for name in VARIABLES if f"`{name}`" not in page] == []
