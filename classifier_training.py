@@ -1,7 +1,7 @@
 """Training and saving collection classifiers, for client.py's train-classifier command.
 
 The server only reads classifiers (models/classifiers.py, which owns the file layout: `best_models.json`
-and the joblib pickles it names); this module makes them: the seed's logistic regression over image
+and the joblib pickles it names); this module makes them: a logistic regression over image
 embeddings, and the files written so that a server reading them at the same time never sees half of one.
 """
 
@@ -21,7 +21,8 @@ _ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def train(positives: np.ndarray, negatives: np.ndarray, seed: int = 42) -> tuple[object, dict]:
-    """The seed's logistic regression, scored on a stratified 80/20 hold-out, then refit on everything."""
+    """A balanced logistic regression, like the classifiers best_models.json already names, scored on a
+    stratified 80/20 hold-out, then refit on everything."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import precision_recall_fscore_support
     from sklearn.model_selection import train_test_split
@@ -58,7 +59,8 @@ def write(directory, collection_id, model, embedding_type: str, target: str, dim
         # owner-only permissions (0o600), as the tempfile.mkstemp these were written through made them
         write_atomically(path, lambda out: joblib.dump(model, out), mode=0o600)
         mapping = json.loads((directory / MAPPING).read_text()) if (directory / MAPPING).exists() else {}
+        # "derivative_type" is target's older name, which older readers of best_models.json look for
         mapping[key] = {"model_file": path.name, "embedding_type": embedding_type, "target": target,
-                        "derivative_type": target, "dimensionality": int(dimensionality)}  # what the seed reads
+                        "derivative_type": target, "dimensionality": int(dimensionality)}
         write_atomically(directory / MAPPING, (json.dumps(mapping, indent=2) + "\n").encode(), mode=0o600)
     return path

@@ -70,7 +70,7 @@ class Analyzer:
         ]
 
     def _resolve(self, item):
-        """Classify tasks take their target and embeddings from the classifier (as image_embed does)."""
+        """Classify tasks take their target and embeddings from the classifier: it was trained on those alone."""
         if not isinstance(item, Task) or item.type != "classify":
             return item
         try:
@@ -96,7 +96,7 @@ class Analyzer:
         search_in = []
         for i, (_, context, mode) in face_keys:
             person = persons.get((i, mode)) if context == "prominent_person" else None
-            search_in.append(person if isinstance(person, Box) else None)  # no person: whole image, as the seed
+            search_in.append(person if isinstance(person, Box) else None)  # no person: search the whole image
         faces = dict(zip(face_keys, self._run_stage(self.face, [images[i] for i, _ in face_keys], regions=search_in)))
         out = {}
         for i, region in wanted:
@@ -107,7 +107,7 @@ class Analyzer:
             if isinstance(found, Exception):
                 out[i, region] = Region(None, error=str(found))
             elif region[0] == "prominent_person" and found is None:
-                out[i, region] = Region(images[i])  # no person: the whole image (image_embed's fallback)
+                out[i, region] = Region(images[i])  # no person: the whole image, as /analyze's clients expect
             elif found is None:
                 out[i, region] = Region(None, error="no prominent face found", skipped=True)
             else:

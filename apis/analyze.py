@@ -1,4 +1,4 @@
-"""POST /analyze (also /analyze_image/ and /analyze_image_upload/): image_embed's task router, batched.
+"""POST /analyze (also /analyze_image/ and /analyze_image_upload/): a list of tasks on one image, batched.
 
 Input: JSON {"image_url" | "image_base64", "tasks": [...]}, or multipart `image_file` + `tasks_json`.
 Each task: {"operation_id", "type", "params"}. Answer: {"image_url", "results": {operation_id: result}}.

@@ -1,11 +1,11 @@
-"""Routes beside the LitAPIs: GET /available_operations/ and the image_embed seed's path aliases."""
+"""Routes beside the LitAPIs: GET /available_operations/ and /analyze's path aliases."""
 
 from fastapi import Depends, FastAPI
 
 from analysis.operations import catalogue
 from apis.model_status import read_counters, read_status
 
-# image_embed's paths; both take the same JSON or multipart body as /analyze
+# the paths /analyze's existing clients call; both take the same JSON or multipart body as /analyze
 ALIASES = {"/analyze_image/": "/analyze", "/analyze_image": "/analyze",
            "/analyze_image_upload/": "/analyze", "/analyze_image_upload": "/analyze", "/analyze/": "/analyze"}
 

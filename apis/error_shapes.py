@@ -1,8 +1,8 @@
 """Every error answer in the shape its route's clients parse: the one place that picks the shape by path.
 
-- match's paths (apis/match.py MATCH_METHODS): match's envelope {"status": "fail", "error": [message],
-  "method": name, "result": []};
-- PicTrace's /find_similar/ (apis/similar.py): {"error": message, "detail": message};
+- the near-duplicate paths (apis/match.py MATCH_METHODS): their envelope {"status": "fail",
+  "error": [message], "method": name, "result": []};
+- /find_similar/ (apis/similar.py): {"error": message, "detail": message};
 - every other route: FastAPI's {"detail": message}.
 
 Used by the exception handlers below (installed for the whole app, whatever the capabilities), the
@@ -65,7 +65,8 @@ async def http_error(request: Request, exc: StarletteHTTPException):
 
 
 async def validation_error(request: Request, exc: RequestValidationError):
-    """FastAPI's parameter validation: match's envelope (400) or PicTrace's form (422); FastAPI's own elsewhere."""
+    """FastAPI's parameter validation: the near-duplicate envelope (400) or the /find_similar/ shape (422);
+    FastAPI's own elsewhere."""
     path = request.url.path
     if path in MATCH_METHODS or path in SIMILAR_PATHS:
         message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())

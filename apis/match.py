@@ -1,8 +1,9 @@
-"""match's HTTP API (TRUEPIC/match, image_match's server), compatible with its clients.
+"""The near-duplicate routes: fields, paths and answers that their existing clients already parse.
 
-Every answer is match's envelope {"status": "ok" | "fail", "error": [...], "method": name, "result": [...]},
-now with a JSON content type (match sent it as text/html) and a 4xx status for bad input (match answered
-500 to a URL it could not fetch). Fields are form fields (urlencoded or multipart); a JSON object works too.
+Every answer is the near-duplicate routes' envelope {"status": "ok" | "fail", "error": [...], "method": name,
+"result": [...]}, as application/json, with a 4xx status for bad input (what changed for those clients, and
+why, is in docs/api.md, "Compatibility"). Fields are form fields (urlencoded or multipart); a JSON object
+works too.
 
     POST /add       url | image, filepath (required), metadata (JSON object text)   -> []
     POST /search    url | image, all_orientations (default true)                  -> [{score, filepath, metadata, url}]
@@ -25,7 +26,7 @@ from apis.request_body import image_bytes, load_json, shown
 from errors import InputError
 from settings import truth
 
-# path -> the envelope's "method"; every path of match's API answers errors in the envelope too
+# path -> the envelope's "method"; every near-duplicate path answers errors in the envelope too
 MATCH_METHODS = {"/add": "add", "/delete": "delete", "/search": "search", "/compare": "compare",
                  "/count": "count", "/list": "list", "/ping": "ping", "/get": "get"}
 MAX_FILEPATH = 4096  # characters; the filepath is the caller's name for the image, not a file we open
@@ -75,7 +76,7 @@ class CompareRequest:
 
 
 async def one_image(fields: dict, url_field: str, file_field: str, settings) -> bytes:
-    """The image in match's `url` (fetched) or `image` (a file, or base64 text) field: exactly one of them."""
+    """The image in the `url` (fetched) or `image` (a file, or base64 text) field: exactly one of them."""
     given = [name for name in (url_field, file_field) if name in fields]
     if not given:
         raise InputError(400, f"missing image: send form field '{url_field}' (an http(s) URL) or file '{file_field}'")
@@ -133,7 +134,7 @@ def filepath_field(fields: dict) -> str:
 
 
 def metadata_field(fields: dict, max_depth: int) -> dict:
-    """match's metadata: a JSON object, as form text or (in a JSON body) as an object, at most max_depth deep."""
+    """The `metadata` field: a JSON object, as form text or (in a JSON body) as an object, at most max_depth deep."""
     raw = fields.get("metadata")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}
@@ -164,7 +165,7 @@ async def read_compare(fields: dict, settings):
 
 
 def list_window(fields: dict) -> tuple[int, int]:
-    """match's offset and limit, clamped: offset >= 0, 0 <= limit <= LIST_LIMIT_MAX."""
+    """/list's offset and limit, clamped: offset >= 0, 0 <= limit <= LIST_LIMIT_MAX."""
     offset = min(max(0, integer(fields, "offset", 0)), MAX_OFFSET)
     limit = min(max(0, integer(fields, "limit", LIST_LIMIT_DEFAULT)), LIST_LIMIT_MAX)
     return offset, limit

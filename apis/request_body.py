@@ -4,7 +4,7 @@ Runs in the HTTP process (as a FastAPI dependency, before LitServe queues the re
 that cannot be read never reaches a model worker. LitServe's own parsing answers 500 to an empty or
 non-JSON body (LitServe issue #667); this does not.
 
-`load_json` is the one parser of JSON a client sends (bodies, /analyze's tasks_json, match's metadata):
+`load_json` is the one parser of JSON a client sends (bodies, /analyze's tasks_json, /add's metadata):
 Python's json answers a deep nesting with RecursionError and a 5,000-digit integer with ValueError, both
 500s before this; here every such input is a 400 naming the limit.
 """

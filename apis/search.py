@@ -1,4 +1,4 @@
-"""The search capability's model workers: /add, /search, /compare (match) and /find_similar/ (PicTrace).
+"""The search capability's model workers: /add, /search, /compare (near-duplicate) and /find_similar/.
 
 One LitAPI serves the four paths (apis/search_routes.py registers its route under each), so one pool of
 workers holds the embedding models once, and a batch mixes them: an /add and a /find_similar/ that arrive
@@ -7,7 +7,8 @@ embedding model runs once over all the images that need it, then each request do
 store work in a thread (an Elasticsearch add waits for its refresh; threads let a batch's adds share it).
 
 Requests reach the workers as the dataclasses of apis/match.py and apis/similar.py, their images as
-hand-off blobs; errors travel as values (apis/base.py) and become match's envelope or PicTrace's error.
+hand-off blobs; errors travel as values (apis/base.py) and become the near-duplicate routes' envelope or
+the /find_similar/ error shape {"error", "detail"}.
 """
 
 import hashlib
@@ -37,7 +38,7 @@ READERS = {
 }
 SEARCH_PATHS = tuple(READERS)
 SearchOp = AddRequest | SearchRequest | CompareRequest | SimilarRequest
-CANDIDATES = 100  # match's size: signature candidates read from the index per orientation
+CANDIDATES = 100  # signature candidates read per orientation: the depth /search's existing clients got
 
 
 async def read_search_request(request: Request):

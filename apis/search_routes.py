@@ -4,8 +4,9 @@
   queue and one pool of workers for every request that needs an image decoded or a model run.
 - Cheap reads and the delete need no model: GET|POST /count, /list, /ping, /get and DELETE /delete open
   the same store here (one per HTTP process). Originals are served by apis/originals.py.
-- Errors on match's paths answer in match's envelope, on /find_similar/ in PicTrace's {"error"} form,
-  whatever raised them: a missing field, a wrong method (405), a bad API key, a queue timeout
+- Errors on the near-duplicate paths answer in their envelope {status, error, method, result}, on
+  /find_similar/ in its error shape {"error", "detail"}, whatever raised them: a missing field, a wrong
+  method (405), a bad API key, a queue timeout
   (apis/error_shapes.py, whose handlers server.py installs for the whole app).
 """
 
@@ -40,7 +41,7 @@ def _share_worker_route(app: FastAPI) -> None:
 
 
 async def _fields(request: Request) -> dict:
-    """match's parameters: the query string, then the form (or JSON) fields of a request that has a body."""
+    """The near-duplicate routes' fields: the query string, then the form (or JSON) fields of a request with a body."""
     fields = dict(request.query_params)
     content_type = request.headers.get("content-type", "")
     if request.method != "GET" and (content_type.startswith(_FORMS) or (await request.body()).strip()):

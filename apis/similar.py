@@ -1,11 +1,11 @@
-"""PicTrace's POST /find_similar/: the indexed images most similar to a query image, by embedding.
+"""POST /find_similar/: the indexed images most similar to a query image, by embedding.
 
 Input: multipart `file` (or an `image_url` to fetch), optional form fields `model` (default mobilenet_v2;
 one of SEARCH_MODELS, the embeddings /add computes) and `limit` (default 5, at most 100).
 Answer: {"filename", "model", "similar_images": [{"filepath", "filename", "similarity", "sha256", "metadata",
 "url"}], "total_indexed"}, best first; `similarity` is the cosine similarity (1.0 for the same picture),
-where PicTrace reported a distance under the name similarity_score. Errors are a 4xx (PicTrace answered
-200) with {"error": message, "detail": message}: PicTrace's key, and the one every other route uses.
+higher is better. Errors are a 4xx with {"error": message, "detail": message}: "error" because this
+route's existing clients read that key, "detail" because every other route uses it.
 """
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""POST /stats: EXIF (with GPS) and average and dominant colour, compatible with imagestats-api.
+"""POST /stats: EXIF (with GPS) and average and dominant colour, in the fields existing /stats clients parse.
 
 Input: multipart field `content` (a file, or text holding a URL or base64), JSON {"content": ...}, or
 a raw image body. Optional `averaging_method` (arithmetic | geometric | harmonic) per request.

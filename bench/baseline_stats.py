@@ -1,10 +1,10 @@
-"""The seed's /stats algorithm (imagestats-api's server.py), ported as-is to serve as a baseline.
+"""The original /stats algorithm (bench/README.md names its project), ported as-is to serve as the baseline.
 
-This is the per-request work the seed did once LitServe had handed it the upload, kept deliberately
+This is the per-request work the baseline did once LitServe had handed it the upload, kept deliberately
 unoptimised: full decode (`image.copy()` loads every pixel before `thumbnail`, so JPEG draft never
 applies), `_getexif()` read twice with a `json.dumps` test per tag, LANCZOS thumbnail, RGBA conversion,
 and one `colorsys.rgb_to_hsv` call per valid pixel in Python. Only the HTTP layer is left out, so the
-time it measures is a lower bound of the seed's request time (and its rps an upper bound).
+time it measures is a lower bound of the baseline's request time (and its rps an upper bound).
 
 Run alone: `.venv/bin/python -m bench.baseline_stats` prints ms per photo of the corpus.
 """
@@ -29,13 +29,13 @@ def _thumbnail(image: Image.Image) -> Image.Image:
         size = (THUMBNAIL_SIZE, int(height * THUMBNAIL_SIZE / width))
     else:
         size = (int(width * THUMBNAIL_SIZE / height), THUMBNAIL_SIZE)
-    thumb = image.copy()  # copy() loads the full image: the seed never decoded at reduced size
+    thumb = image.copy()  # copy() loads the full image: the baseline never decoded at reduced size
     thumb.thumbnail(size, Image.Resampling.LANCZOS)
     return thumb
 
 
 def _gps_or_none(gps):
-    # the seed kept GPSInfo unless it looked like a placeholder
+    # the baseline kept GPSInfo unless it looked like a placeholder
     if isinstance(gps, str):
         return None if ("(0.0, 0.0, 0.0)" in gps or "'1970:01:01'" in gps or "0.0" in gps) else gps
     if isinstance(gps, dict):
@@ -46,7 +46,7 @@ def _gps_or_none(gps):
 def exif_data(image: Image.Image) -> dict:
     out = {}
     try:
-        if hasattr(image, "_getexif") and image._getexif():  # parsed twice, as in the seed
+        if hasattr(image, "_getexif") and image._getexif():  # parsed twice, as the baseline did
             for tag, value in image._getexif().items():
                 if tag not in ExifTags.TAGS:
                     continue
@@ -54,7 +54,7 @@ def exif_data(image: Image.Image) -> dict:
                 try:
                     if hasattr(value, "numerator") and hasattr(value, "denominator"):
                         value = float(value.numerator) / value.denominator if value.denominator else 0
-                    json.dumps(value)  # the seed's per-tag serialisability test
+                    json.dumps(value)  # the baseline's per-tag serialisability test
                     out[name] = value
                 except (TypeError, OverflowError):
                     out[name] = str(value)
@@ -70,7 +70,7 @@ def exif_data(image: Image.Image) -> dict:
 
 
 def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(c * 255):02x}" for c in rgb)  # truncates, as the seed did
+    return "#" + "".join(f"{int(c * 255):02x}" for c in rgb)  # truncates, as the baseline did
 
 
 def dominant_rgb(valid: np.ndarray) -> np.ndarray:
@@ -98,13 +98,13 @@ def colour_data(image: Image.Image, method: str = "arithmetic") -> dict | None:
 
 
 def seed_stats(data: bytes) -> str:
-    """One request's work, bytes in, JSON text out (LitServe serialised the seed's dict the same way)."""
+    """One request's work, bytes in, JSON text out (LitServe serialised the baseline's dict the same way)."""
     image = Image.open(io.BytesIO(data))
     return json.dumps({"exif_data": exif_data(image), "color_data": colour_data(image)})
 
 
 def measure(corpus: dict[str, bytes], passes: int = 1) -> dict[str, float]:
-    """Mean ms per photo of seed_stats; a photo the seed could not process is reported as NaN."""
+    """Mean ms per photo of seed_stats; a photo the baseline could not process is reported as NaN."""
     out = {}
     for name, data in corpus.items():
         try:

@@ -202,7 +202,7 @@ def add_throughput(store, data: dict, n: int) -> dict:
 
 
 def photo_add_pass(store, embedder) -> dict:
-    """The whole add of match's /add on the real photos: decode, signature, words, MobileNetV2, Store.add."""
+    """The whole work of /add on the real photos: decode, signature, words, MobileNetV2, Store.add."""
     from images.decode import DecodeLimits, decode_image
     from tests import photos
 

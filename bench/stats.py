@@ -1,4 +1,7 @@
-"""/stats benchmark: throughput and latency of server.py against a decode floor and the seed's algorithm.
+"""/stats benchmark: throughput and latency of server.py against a decode floor and the baseline.
+
+The baseline is the original /stats algorithm (bench/baseline_stats.py); "seed" in the names and JSON keys
+below means it.
 
 Run from the repository root: `.venv/bin/python -m bench.stats` (`make bench`). See bench/README.md.
 """
@@ -25,7 +28,7 @@ from tests import photos
 
 WORKERS = (1, 2)
 CONCURRENCY = (1, 4, 16)
-SEED_RPS = {1: 3.2, 2: 6.2}  # the seed's published figures on this machine (rps, c=16)
+SEED_RPS = {1: 3.2, 2: 6.2}  # the baseline's published figures on this machine (rps, c=16)
 GOAL_VS_SEED, GOAL_LATENCY_VS_FLOOR = 20.0, 1.5
 
 
@@ -112,7 +115,7 @@ def main() -> None:
     # In-process measurements first, while no server competes for the two cores.
     floor = floor_ms(corpus, args.floor_repeats)
     seed = baseline_stats.measure(corpus, args.baseline_passes)
-    failed = [n for n, ms in seed.items() if math.isnan(ms)]  # the seed's code raised on this photo
+    failed = [n for n, ms in seed.items() if math.isnan(ms)]  # the baseline's code raised on this photo
     floor_mean = statistics.fmean(floor.values())
     seed_mean = statistics.fmean(ms for ms in seed.values() if not math.isnan(ms))
 
@@ -143,7 +146,7 @@ def main() -> None:
 
     rps = {(r["workers"], r["concurrency"]): r["rps"] for r in runs}
     latency_mean = statistics.fmean(single.values())
-    print(f"\n{'photo':<20} {'floor ms':>9} {'ours ms':>9} {'ours/floor':>10} {'seed ms':>9}   (ours: w=1, c=1)")
+    print(f"\n{'photo':<20} {'floor ms':>9} {'ours ms':>9} {'ours/floor':>10} {'base ms':>9}   (ours: w=1, c=1)")
     for name in names:
         print(f"{name:<20} {floor[name]:>9.1f} {single[name]:>9.1f} {single[name] / floor[name]:>10.2f} "
               f"{seed[name]:>9.1f}")
@@ -151,7 +154,7 @@ def main() -> None:
 
     print(f"\nfloor (open + thumbnail 512 + load, in process): {floor_mean:.1f} ms/photo -> ceiling "
           f"{1000 / floor_mean:.0f} req/s on 1 core, {2000 / floor_mean:.0f} req/s on 2 cores")
-    print(f"seed's algorithm (bench/baseline_stats.py, in process): {seed_mean:.1f} ms/photo -> at most "
+    print(f"baseline (bench/baseline_stats.py, in process): {seed_mean:.1f} ms/photo -> at most "
           f"{1000 / seed_mean:.1f} req/s with 1 worker, {2000 / seed_mean:.1f} with 2 (no HTTP counted)"
           + (f"; raised on {', '.join(failed)}" if failed else ""))
     print("single request (w=1, c=1): client-side latency over loopback, an upper bound of server time")
@@ -164,7 +167,7 @@ def main() -> None:
     print("\nratios (ours at concurrency 16)")
     for w in WORKERS:
         ok = "ok" if ratios[f"vs_seed_published_w{w}"] >= GOAL_VS_SEED else "BELOW GOAL"
-        print(f"  {w} worker(s): {rps[(w, 16)]:6.1f} req/s = {ratios[f'vs_seed_published_w{w}']:5.1f}x the seed's "
+        print(f"  {w} worker(s): {rps[(w, 16)]:6.1f} req/s = {ratios[f'vs_seed_published_w{w}']:5.1f}x the baseline's "
               f"published {SEED_RPS[w]} req/s (goal >= {GOAL_VS_SEED:.0f}x: {ok}); "
               f"{ratios[f'vs_baseline_w{w}']:5.1f}x the baseline measured here ({1000 / seed_mean * w:.1f} req/s)")
     ok = "ok" if ratios["latency_vs_floor"] <= GOAL_LATENCY_VS_FLOOR else "ABOVE GOAL"

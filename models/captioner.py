@@ -1,8 +1,9 @@
 """Image captions with BLIP (transformers' BlipForConditionalGeneration), one `generate` per batch.
 
 Decoding is greedy (num_beams=1) by default: it is deterministic, so a caption does not depend on
-which other images share its batch, and it is several times faster than beam search. The seed used
-BLIP *large* with num_beams=4; pass `num_beams=4` to the constructor (or to `forward`) for that.
+which other images share its batch, and it is several times faster than beam search. For beam search
+(num_beams=4 with BLIP *large* in CAPTION_MODEL gives the captions /analyze clients got before), pass
+`num_beams=4` to the constructor (or to `forward`).
 """
 
 from PIL import Image
@@ -11,7 +12,7 @@ from models.base import ImageModel, ModelUnavailable
 from models.preprocess import centre_window, processor_window
 from models.weights import describe_failure, offline_guard, pretrained_source
 
-DEFAULT_MAX_LENGTH = 50  # tokens, counting BLIP's start token, as in the seed's `max_length`
+DEFAULT_MAX_LENGTH = 50  # tokens, counting BLIP's start token: the length /analyze's clients expect by default
 
 
 class Captioner(ImageModel):

@@ -1,4 +1,4 @@
-"""CLIP image embeddings (open_clip), the vectors clip-api returns for an image.
+"""CLIP image embeddings (open_clip): one vector per image.
 
 Weights come only through models/weights.py: a folder with open_clip_config.json (MODEL_DIR/open_clip/
 <arch>/<tag>/ or CLIP_PRETRAINED given as a folder) loads with open_clip's `local-dir:` schema; anything
@@ -38,7 +38,7 @@ class ClipEmbedder(EmbeddingModel):
         try:
             model_name, pretrained, kwargs = weights.open_clip_source(self.settings, arch, tag)
             # open_clip 3 only *warns* when a tag was trained with QuickGELU (openai) and the built-in
-            # config says GELU; the vectors would drift from the seed's, so follow the tag
+            # config says GELU; the vectors would drift from those the weights were trained to give, so follow the tag
             tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if pretrained else {}
             # require_pretrained: a config folder without a weights file must fail, not give a random model
             model, _, preprocess = open_clip.create_model_and_transforms(

@@ -1,4 +1,4 @@
-"""DINOv2 image embeddings (transformers), the vectors dino-api returns for an image.
+"""DINOv2 image embeddings (transformers): one vector per image.
 
 DINO_MODEL is a repo id (found in MODEL_DIR/huggingface/<id>/ or the cache MODEL_DIR/hub-cache) or a
 folder written by `save_pretrained`; models/weights.py decides which.
@@ -17,7 +17,7 @@ class DinoEmbedder(EmbeddingModel):
 
     The embedding is `pooler_output` when the model returns one, else the CLS token
     `last_hidden_state[:, 0]`. For Dinov2Model the two are the same tensor: pooler_output is the CLS
-    token after the final layernorm (last_hidden_state is already layernormed), as the seed used it.
+    token after the final layernorm (last_hidden_state is already layernormed).
     """
 
     name = "dino_v2"

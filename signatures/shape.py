@@ -4,7 +4,7 @@ The store checks records against these without importing image_match or scikit-i
 which computes signatures, imports both).
 """
 
-# image_match's defaults, which match uses unchanged
+# image_match's defaults, kept: any other value changes every signature, word and score
 SIGNATURE_LENGTH = 648  # ImageSignature: 9x9 grid points x 8 neighbours, int8 values -2..2
 WORD_LENGTH = 16  # SignatureDatabaseBase's k
 WORD_COUNT = 63  # SignatureDatabaseBase's N: overlapping "simple words" per signature

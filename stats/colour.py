@@ -1,7 +1,8 @@
 """Average and dominant colour of an image, vectorised with NumPy.
 
-Pixels with alpha < 128 are ignored, as in imagestats-api. Colours are reported as floats in [0, 1]
-and as a hex string whose channels are rounded half-up (the seed truncated).
+Pixels with alpha < 128 are ignored, as the original /stats algorithm did, so existing clients get the same
+colours. Colours are reported as floats in [0, 1] and as a hex string whose channels are rounded half-up
+(the original truncated: a fix listed in docs/api.md, "Compatibility").
 """
 
 from functools import cache
@@ -45,8 +46,8 @@ def average_colour(histogram: list[int], method: str) -> list[float]:
     """Mean of each channel from a 768-bin RGB histogram, as floats in [0, 1].
 
     Geometric and harmonic means treat 0 as 1/255: a true zero would make the geometric mean 0 and
-    the harmonic mean undefined as soon as one pixel is black (the seed used 1e-8, which has the same
-    effect in practice).
+    the harmonic mean undefined as soon as one pixel is black (the original /stats algorithm used 1e-8,
+    which gives the same answers in practice).
     """
     counts = np.asarray(histogram, dtype=np.float64).reshape(3, 256)
     n = counts[0].sum()
@@ -112,7 +113,7 @@ def bin_table(cache_dir: str | None = None) -> np.ndarray:
 def dominant_colour(packed: np.ndarray, table: np.ndarray) -> dict:
     """The most populated HSV bin and the mean RGB of its pixels.
 
-    Ties go to the bin whose first pixel comes first in row-major order (as in the seed). The colour
+    Ties go to the bin whose first pixel comes first in row-major order, as they always have on /stats. The colour
     reported is the bin's mean, not one arbitrary pixel of it, so it does not depend on pixel order.
     """
     keys = table[packed]

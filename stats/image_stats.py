@@ -1,4 +1,4 @@
-"""Image statistics (imagestats-api): EXIF with GPS, average and dominant colour. No weights, no HTTP."""
+"""Image statistics for /stats: EXIF with GPS, average and dominant colour. No weights, no HTTP."""
 
 from dataclasses import dataclass
 

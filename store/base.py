@@ -29,7 +29,7 @@ class GalleryFull(Exception):
 
 
 GALLERY_USER_MAX = 200  # characters; a user id is a cookie value or an account name
-GALLERY_NAME_MAX = 200  # characters; the seed's form allowed 50
+GALLERY_NAME_MAX = 200  # characters; above the 50 gallery names were held to before, so every existing one fits
 _RECORD_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, made by the store
 
 
@@ -102,7 +102,7 @@ class Store(ABC):
 
     @abstractmethod
     def add(self, record: Record) -> None:
-        """Insert, or replace the record with the same path (match's overwrite semantics)."""
+        """Insert, or replace the record with the same path (/add of a known filepath overwrites it)."""
 
     @abstractmethod
     def get(self, path: str) -> Record | None: ...

@@ -16,10 +16,10 @@ after a failure), so the server can start while Elasticsearch is down and answer
 call `ensure_index()` at start-up to fail fast instead.
 
 One document per image, `_id` = SHA-1 of the path, so `add` of an existing path overwrites the document
-atomically, and re-sending an add whose answer was lost is harmless (the seed "match" service
-phrase-matched an analysed `path` and deleted the hits first: racy, and `a/b.jpg` could match `a b.jpg`).
+atomically, and re-sending an add whose answer was lost is harmless (deleting the documents whose analysed
+`path` phrase-matches, then adding, would be racy, and `a/b.jpg` could match `a b.jpg`).
 The mapping is created when the index is missing and checked when it exists; a field with another type
-(for instance the seed's dynamic mapping: `path` as `text`) is a `StoreError` that names the field, never a
+(for instance an index made by dynamic mapping: `path` as `text`) is a `StoreError` that names the field, never a
 silent mis-query. Top-level `"dynamic": "strict"`: a stray field is refused rather than guessed.
 
     path       keyword   unique; the `_id` is sha1(path) (paths can exceed the 512-byte `_id` limit)
@@ -29,8 +29,8 @@ silent mis-query. Top-level `"dynamic": "strict"`: a stray field is refused rath
                ({"iso": 100} then {"iso": "auto"} is a mapper_parsing_exception) and grows without bound.
     signature  binary    the 648 int8 as base64: not indexed, exact round trip
     words      keyword   ONE multi-valued field of "position:value" terms ("17:21523360") instead of the
-               seed's 63 fields simple_word_0..62 (cf. image-match PR #83): a term matches only the same
-               value at the same position, as before
+               63 fields simple_word_0..62 of image_match's driver (cf. image-match PR #83): a term matches
+               only the same value at the same position, as before
     models     keyword   names of the models whose embeddings the document holds
     created    date (epoch_millis) set by the store on add; strictly increasing per store instance, so
                insertion order survives two adds within one millisecond (ties between processes: by path)
@@ -385,8 +385,8 @@ class ElasticStore(Store):
             raise StoreError(
                 f"Elasticsearch at {self.url}: index {self.index!r} exists with an incompatible mapping: "
                 + "; ".join(problems)
-                + ". It was not created by this store (the old match service's dynamic mapping?): set "
-                "ELASTICSEARCH_INDEX to a new name, or reindex into an index this store creates"
+                + ". It was not created by this store (an index filled by dynamic mapping, such as the previous "
+                "/add service's?): set ELASTICSEARCH_INDEX to a new name, or reindex into an index this store creates"
             )
         if missing:
             self._es.indices.put_mapping(index=self.index, properties=missing)

@@ -1,6 +1,6 @@
 """Back-pressure and time on a real server with one /stats worker: past STATS_MAX_QUEUE the answer is a
 503 with Retry-After at once; REQUEST_TIMEOUT bounds the whole request (504 at the deadline, the late
-result dropped, the worker healthy after); and on the search paths the 503 comes in match's envelope."""
+result dropped, the worker healthy after); and on the near-duplicate paths the 503 comes in their envelope."""
 
 import io
 import time

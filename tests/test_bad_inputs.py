@@ -135,7 +135,7 @@ def check_stats(body: dict, size) -> None:
 def check_envelope(body, method: str) -> list:
     expect(isinstance(body, dict) and set(body) == ENVELOPE and body["status"] == "ok" and body["error"] == []
            and body["method"] == method and isinstance(body["result"], list),
-           f"not match's ok envelope: {str(body)[:200]}")
+           f"not the near-duplicate routes' ok envelope: {str(body)[:200]}")
     return body["result"]
 
 

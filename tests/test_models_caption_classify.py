@@ -1,5 +1,5 @@
 """The captioner (a tiny BLIP of the real architecture, saved as save_pretrained does) and the collection
-classifiers (scikit-learn, the seed's best_models.json format). In-process, no HTTP, no downloads."""
+classifiers (scikit-learn, both best_models.json formats, old and new). In-process, no HTTP, no downloads."""
 
 import json
 import os
@@ -103,6 +103,8 @@ def test_train_write_get_predict_round_trip(tmp_path):
 
 
 def test_seed_formats_and_file_resolution(tmp_path):
+    """The best_models.json entries existing classifier directories hold (a bare file name, or an object
+    with "derivative_type" for the target) and how their files are found."""
     pos, neg = clusters(dim=512)
     model, _ = train(pos, neg)
     joblib.dump(model, tmp_path / "collection_3_compatible_classifier.pkl")

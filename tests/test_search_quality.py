@@ -210,6 +210,7 @@ def test_flat_border_variant(corpus):
     assert all(len(sg.query_signatures(corpus[name])) == 8 for name in corpus if name not in flat)
 
 
+@pytest.mark.slow  # a recall evaluation over the whole corpus: out of `make test-fast`
 def test_signature_recall(corpus, queries, signature_store):
     """recall@1 per transform (asserted 1.0 for resize, JPEG and the 8 orientations), and no copy of a photo
     brings back a distinct photo under the cutoff, whatever the transform."""
@@ -242,6 +243,7 @@ def test_signature_recall(corpus, queries, signature_store):
     assert wrong == [], table
 
 
+@pytest.mark.slow  # a recall evaluation over the whole corpus: out of `make test-fast`
 def test_no_distinct_photo_matches_another(corpus, distractors, signature_store):
     """The full cross table, words or not: every image's search signatures (8 orientations and any
     clipped-window variant) against every stored signature; only the same photo may be under the cutoff.
@@ -266,9 +268,10 @@ def test_no_distinct_photo_matches_another(corpus, distractors, signature_store)
             assert found[0][1] == 0.0 and (name, 0.0) in [(r.path, d) for r, d in found]
 
 
+@pytest.mark.slow  # a recall evaluation over the whole corpus: out of `make test-fast`
 def test_embedding_recall(corpus, distractors, queries, embedder, tmp_path):
     """recall@1 by nearest neighbour (what /find_similar ranks), asserted 1.0 for resize, JPEG and the
-    dihedral transforms. Embedding search has no cutoff (PicTrace returns its top 5), so "no distinct
+    dihedral transforms. Embedding search has no cutoff (/find_similar/ returns its top `limit`), so "no distinct
     photo matches another" is asserted as a separation: every pair of distinct originals is less similar
     than any resize or JPEG copy is to its own original, so some threshold admits all those copies and
     no distinct photo."""

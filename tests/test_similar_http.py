@@ -1,4 +1,4 @@
-"""PicTrace's POST /find_similar/ over HTTP on a real server: images indexed through /add with their real
+"""POST /find_similar/ over HTTP on a real server: images indexed through /add with their real
 MobileNetV2 embeddings (SQLite store), then queried by upload and by URL; its errors; a model that is
 configured but cannot load; and the web page routes."""
 
@@ -49,7 +49,7 @@ def test_the_photo_itself_ranks_first_with_similarity_one_and_its_original_is_se
     assert body["filename"] == "chelsea.png" and body["model"] == "mobilenet_v2"
     assert body["total_indexed"] == len(CORPUS)
     images = body["similar_images"]
-    assert len(images) == 5  # PicTrace's top 5 by default
+    assert len(images) == 5  # the default limit: the top 5
     digest = hashlib.sha256(photos.read("chelsea")).hexdigest()
     assert images[0] == {"filepath": "corpus/chelsea.img", "filename": "chelsea.img", "similarity": images[0]["similarity"],
                          "sha256": digest, "metadata": {"name": "chelsea", "sha256": digest}, "url": f"/images/{digest}"}
@@ -101,7 +101,7 @@ def test_a_configured_model_that_cannot_load_answers_503_naming_it(tmp_path_fact
         add = httpx.post(f"{server.url}/add", files={"image": ("c.png", photos.read("chelsea"))},
                          data={"filepath": "c.png"}, timeout=60)
         assert add.status_code == 503 and "dino_v2" in add.json()["error"][0]
-        # match's signature search works without the model; nothing was stored by the refused add
+        # the signature search (/search, /compare) works without the model; nothing was stored by the refused add
         assert httpx.get(f"{server.url}/count", timeout=30).json()["result"] == [0]
         compare = httpx.post(f"{server.url}/compare", timeout=60, files={
             "image1": ("a.png", photos.read("chelsea")), "image2": ("b.png", photos.read("chelsea"))})

@@ -85,6 +85,7 @@ def test_hsv_bins_on_edge_colours_equal_colorsys(table):
 
 
 def test_seed_key_collision_colours_fall_in_different_bins(table):
+    """White-pink and near-black, one bin under the original /stats key (its s and v digits mixed)."""
     pair = np.array([[255, 229, 229], [10, 8, 8]], dtype=np.uint8)
     keys = hsv_bin_keys(pair)
     assert keys[0] != keys[1]

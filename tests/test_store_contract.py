@@ -126,7 +126,7 @@ def test_overwrite_by_same_path(store, real):
 
 
 def test_paths_are_exact_strings(store, real):
-    """The seed phrase-matched an analysed path: 'a/b.jpg' and 'a b.jpg' collided. Here every path is its own."""
+    """A phrase match on an analysed path would let 'a/b.jpg' and 'a b.jpg' collide. Here every path is its own."""
     paths = ["a/b.jpg", "a b.jpg", "A/B.JPG", "a/b.jpg ", "x" * 1000]
     for path, name in zip(paths, NAMES):
         store.add(record(real, name, path=path))

@@ -116,8 +116,8 @@ def test_stray_fields_are_refused(store, backend):
 
 
 def test_existing_incompatible_mapping_is_a_store_error(backend):
-    """An index made by the seed's dynamic mapping (path as analysed text) is refused, naming the field."""
-    client, index = _raw_client(backend), random_index("test-seed")
+    """An index made by dynamic mapping (path as analysed text) is refused, naming the field."""
+    client, index = _raw_client(backend), random_index("test-dynamic")
     client.indices.create(index=index, mappings={"properties": {"path": {"type": "text"}, "metadata": {"type": "object"}}})
     made = _make_store(backend, index=index)
     try:

@@ -1,4 +1,4 @@
-"""PicTrace's page at GET /, driven in Debian's chromium through Playwright against a real server (CAPABILITIES=search).
+"""The search page at GET /, driven in Debian's chromium through Playwright against a real server (CAPABILITIES=search).
 
 No browser is downloaded: the test uses the system's chromium (`make test` installs it with apt-get when it is
 missing, or CHROMIUM=/path/to/it). Without one the tests fail, so a CI machine that lost its browser cannot pass
