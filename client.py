@@ -65,7 +65,7 @@ def answer(response: httpx.Response) -> dict:
     except ValueError:
         body = None
     if response.status_code >= 400:
-        # the shared layer answers {"detail"}, PicTrace's routes {"error", "detail"} (often the same text)
+        # /find_similar/ answers {"error", "detail"} (often the same text), every other route {"detail"}
         if isinstance(body, dict):
             parts = [str(body[k]) for k in ("error", "detail") if body.get(k)]
             detail = ": ".join(dict.fromkeys(parts)) or json.dumps(body)
@@ -180,7 +180,7 @@ def cmd_train_classifier(client: httpx.Client, args) -> dict:
     return {"collection_id": args.collection_id, "model_file": str(path), "report": report}
 
 
-# ---------------------------------------------------------------- the image index (match and PicTrace routes)
+# ---------------------------------------------------------------- the image index (near-duplicate, /find_similar/)
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
@@ -188,7 +188,7 @@ def is_url(source: str) -> bool:
 
 def image_form(sources: list[tuple[str, str, str]]) -> tuple[dict, dict]:
     """[(source, file_field, url_field)] -> (files, data): local files are uploaded, URLs go as form
-    fields for the server to fetch (match's routes take form fields, not JSON)."""
+    fields for the server to fetch (the near-duplicate routes take form fields, not JSON)."""
     files, data = {}, {}
     for source, file_field, url_field in sources:
         if is_url(source):
@@ -202,7 +202,8 @@ def image_form(sources: list[tuple[str, str, str]]) -> tuple[dict, dict]:
 
 
 def match_answer(response: httpx.Response) -> dict:
-    """match's envelope {status, error, method, result}: anything but "ok" is an error naming the server's reasons."""
+    """The near-duplicate routes' envelope {status, error, method, result}: anything but "ok" is an error
+    naming the server's reasons."""
     try:
         body = response.json()
     except ValueError:

@@ -29,7 +29,7 @@ class Operation:
 _COMMON = {
     "target": "whole_image | prominent_person | prominent_face (see allowed_targets)",
     "face_context": "prominent_person (default: look for the face inside the person box) | whole_image",
-    "prominent": "score (default: the most confident detection, as image_embed) | area (the largest)",
+    "prominent": "score (default: the most confident detection) | area (the largest)",
 }
 
 

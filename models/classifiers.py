@@ -1,8 +1,9 @@
 """Collection classifiers: scikit-learn logistic regressions over image embeddings, one per collection.
 
-The layout is the image_embed seed's: `best_models.json` maps str(collection_id) to a file name (old
-format: CLIP ViT-B/32, whole image, 512-d) or to {"model_file", "embedding_type" ("a+b" = concatenated
-in that order), "target" (the seed's "derivative_type"), "dimensionality"}; models are joblib pickles.
+The layout is the one existing classifier directories hold, so they serve unchanged: `best_models.json`
+maps str(collection_id) to a file name (old format: CLIP ViT-B/32, whole image, 512-d) or to
+{"model_file", "embedding_type" ("a+b" = concatenated in that order), "target" (or its older name
+"derivative_type"), "dimensionality"}; models are joblib pickles.
 This module reads them; classifier_training.py trains and writes them (for client.py's train-classifier).
 """
 
@@ -50,7 +51,7 @@ class Classifier:
         x = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
         positive = list(self.model.classes_).index(True)  # classes_ may be [False, True] or [0, 1]
         probabilities = self.model.predict_proba(x)[:, positive]
-        labels = self.model.predict(x)  # the seed's decision rule (probability > 0.5 for a logistic regression)
+        labels = self.model.predict(x)  # the model's own rule (probability > 0.5 for a logistic regression)
         return [{"is_in_collection": bool(label), "probability": float(p)} for label, p in zip(labels, probabilities)]
 
 
