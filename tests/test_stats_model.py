@@ -84,7 +84,7 @@ def test_hsv_bins_on_edge_colours_equal_colorsys(table):
     assert np.array_equal(table[packed], expected)
 
 
-def test_seed_key_collision_colours_fall_in_different_bins(table):
+def test_colours_whose_packed_keys_once_collided_fall_in_different_bins(table):
     """White-pink and near-black, one bin under the original /stats key (its s and v digits mixed)."""
     pair = np.array([[255, 229, 229], [10, 8, 8]], dtype=np.uint8)
     keys = hsv_bin_keys(pair)
