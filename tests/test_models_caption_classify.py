@@ -102,7 +102,7 @@ def test_train_write_get_predict_round_trip(tmp_path):
         store.get(8)
 
 
-def test_seed_formats_and_file_resolution(tmp_path):
+def test_classifier_directories_already_in_use_are_read_and_their_files_found(tmp_path):
     """The best_models.json entries existing classifier directories hold (a bare file name, or an object
     with "derivative_type" for the target) and how their files are found."""
     pos, neg = clusters(dim=512)
