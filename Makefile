@@ -1,4 +1,4 @@
-# make run | make test | make curl-test | make client-test | make client-search-demo | make bench | make snowman.png
+# make run | make test | make test-fast | make curl-test | make client-test | make client-search-demo | make bench | make snowman.png
 PORT ?= 8010
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure photos weights install install-test clean
+.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,14 @@ run: install
 
 test: install-test chromium
 	$(PY) -m pytest -q
+
+# Every test that starts no server process, drives no browser and is not marked slow (seconds each: model
+# inference, corpus evaluations, children that import torch): about a minute on 2 cores. tests/conftest.py
+# marks `server` and `browser`; IMAGESERVER_FAST_TIER=1 makes starting a server or Playwright raise, so a
+# missed mark fails loudly here instead of making this tier slow.
+FAST_TESTS := not server and not browser and not slow
+test-fast: install-test
+	IMAGESERVER_FAST_TIER=1 $(PY) -m pytest -q -m "$(FAST_TESTS)"
 
 # The page test drives the system's chromium through Playwright (Playwright's own browser download needs a host
 # this project does not reach). Installed with apt-get when missing; SKIP_BROWSER_TESTS=1 skips it and the test.

@@ -1,7 +1,16 @@
 """Shared fixtures: the real server process (started once per session), a second allow-listed one
-(started only by the modules that ask for it) and a loopback HTTP server that serves real photos."""
+(started only by the modules that ask for it) and a loopback HTTP server that serves real photos.
 
+Test tiers (markers registered in pyproject.toml): a test that starts a server process is marked `server`
+and one that drives a browser `browser`, here at collection, from its own source and its fixtures' (see
+pytest_collection_modifyitems); `slow` is written by hand on in-process tests that cost seconds each.
+`make test-fast` runs `-m "not server and not browser and not slow"` with IMAGESERVER_FAST_TIER=1, under
+which starting a server or a browser raises, so a test the marking missed fails loudly instead of running."""
+
+import functools
+import inspect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,6 +96,7 @@ class ServerProcess:
 
 def start_server(log_dir: Path, name: str, script: str = "server.py", **overrides) -> ServerProcess:
     """Start `server.py` (or a test launcher of it) on a free loopback port; wait until GET /health answers "ok"."""
+    _refuse_in_fast_tier("server", [script])
     port = free_port()
     # the /stats tests need no models: CAPABILITIES=stats unless a test asks for more; never download
     defaults = {"CAPABILITIES": "stats", "ALLOW_DOWNLOADS": "false"}
@@ -210,7 +220,7 @@ class PhotoServer:
 def photo_server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _PhotoHandler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # quick shutdown
     thread.start()
     port = httpd.server_address[1]
     yield PhotoServer(f"http://127.0.0.1:{port}", port)
@@ -237,3 +247,101 @@ def store_factory(request, tmp_path):
 @pytest.fixture
 def store(store_factory):
     return store_factory()
+
+
+# ---------------------------------------------------------------- test tiers
+
+FAST_TIER = os.environ.get("IMAGESERVER_FAST_TIER") == "1"
+
+# what, in a test's, fixture's or helper's source, starts a server process or a browser (false positives
+# only move a test to `make test`; what this misses, the fast tier's guard below catches)
+STARTS = {
+    "server": re.compile(r"\bstart_server\(|[\"'/]server\.py[\"']|\w+_server(_main)?\.py[\"']"),
+    "browser": re.compile(r"\bsync_playwright\(|\bchromium\.launch\("),
+}
+# what, in a command line, is a server process or a browser (the fast tier's guard on subprocess.Popen)
+COMMANDS = {
+    "server": re.compile(r"(^|/)(server|\w+_server|\w+_server_main)\.py$"),
+    "browser": re.compile(r"playwright|chrom(e|ium)", re.IGNORECASE),
+}
+
+
+def _refuse_in_fast_tier(kind: str, command) -> None:
+    if FAST_TIER:
+        raise RuntimeError(
+            f"IMAGESERVER_FAST_TIER=1 (make test-fast) and this test starts a {kind} process ({' '.join(command)}): "
+            f"mark it pytest.mark.{kind} (tests/conftest.py marks what calls start_server or sync_playwright)")
+
+
+class _FastTierPopen(subprocess.Popen):
+    """subprocess.Popen that refuses server.py, its test launchers, Playwright's driver and chromium."""
+
+    def __init__(self, args, *rest, **kwargs):
+        command = [str(args)] if isinstance(args, (str, bytes, os.PathLike)) else [str(a) for a in args]
+        for kind, pattern in COMMANDS.items():
+            if any(pattern.search(part) for part in command):
+                _refuse_in_fast_tier(kind, command)
+        super().__init__(args, *rest, **kwargs)
+
+
+def pytest_configure(config):
+    if FAST_TIER:  # asyncio (Playwright's driver) and subprocess.run look subprocess.Popen up at each call
+        subprocess.Popen = _FastTierPopen
+
+
+def _source(obj) -> str:
+    unwrap = getattr(obj, "_get_wrapped_function", None)  # a @pytest.fixture object, not its function
+    if unwrap is not None:
+        obj = unwrap()
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+_MODULE_STARTERS: dict = {}
+
+
+def _starters(module) -> dict[str, set[str]]:
+    """Per kind, the names of the module's own functions and classes that start one, directly or through
+    another of them (test_bad_inputs' Runner, test_web_page's indexed_server)."""
+    if module.__name__ not in _MODULE_STARTERS:
+        sources = {name: _source(value) for name, value in vars(module).items()
+                   if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == module.__name__}
+        found = {}
+        for kind, pattern in STARTS.items():
+            names = {name for name, text in sources.items() if pattern.search(text)}
+            while True:
+                calls = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\(") if names else None
+                more = {name for name, text in sources.items() if calls and name not in names and calls.search(text)}
+                if not more:
+                    break
+                names |= more
+            found[kind] = names
+        _MODULE_STARTERS[module.__name__] = found
+    return _MODULE_STARTERS[module.__name__]
+
+
+@functools.cache
+def _starts(function, kind: str) -> bool:
+    text = _source(function)
+    if STARTS[kind].search(text):
+        return True
+    module = inspect.getmodule(function)
+    names = _starters(module)[kind] if module else set()
+    return any(re.search(rf"\b{re.escape(name)}\(", text) for name in names)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `server` / `browser` every test whose own source, or one of whose fixtures' (all it depends on,
+    conftest's server_process and allowlisted_server included), starts a server process / a browser."""
+    for item in items:
+        functions = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        for name in item.fixturenames:
+            for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+                functions.append(fixturedef.func)
+        for kind in STARTS:
+            if kind not in {mark.name for mark in item.iter_markers()} and any(
+                    f is not None and _starts(f, kind) for f in functions):
+                item.add_marker(kind)

@@ -271,12 +271,17 @@ def test_the_worst_admitted_progressive_jpeg_decodes_in_about_a_second():
     start, end = jpeg_scans(data)[-1]
     repeats = min(int(LIMITS.max_jpeg_scan_pixels / side**2 - jpeg_shape(data, 100).passes),
                   LIMITS.max_jpeg_scans - 10, (LIMITS.max_bytes - len(data)) // (end - start))
-    data = repeat_last_scan(data, repeats)
+    plain, data = data, repeat_last_scan(data, repeats)
     near_budget = jpeg_shape(data, 100).passes * side**2 > LIMITS.max_jpeg_scan_pixels * 0.9
     assert near_budget or len(data) > 0.9 * LIMITS.max_bytes
     started = time.process_time()
+    for _ in range(5):  # this machine's speed now: the same photo with its own 8 passes, about 0.06 s each
+        decode_image(plain, LIMITS, max_side=512)
+    baseline = (time.process_time() - started) / 5
+    started = time.process_time()
     decode_image(data, LIMITS, max_side=512)
-    assert time.process_time() - started < 3.0  # about 1 s on an idle core; margin for a loaded machine
+    # about 1 s of CPU on an idle core (17-20 baselines): 3 s, or 50 baselines where the CPU is slower or shared
+    assert time.process_time() - started < max(3.0, 50 * baseline)
 
 
 def test_a_real_size_progressive_photo_is_within_the_limits():
@@ -397,6 +402,7 @@ def test_an_unsupported_mode_is_a_4xx():
     assert caught.value.status == 415 and "I;32" in caught.value.detail
 
 
+@pytest.mark.slow  # a 64 MP PNG encoded, then decoded twice in a Python child: out of `make test-fast`
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
 def test_64_megapixel_16_bit_decodes_without_a_wide_copy(tmp_path):
     """A float64 copy of 64 MP is 512 MB on its own; the decoder must stay near the image's own size."""

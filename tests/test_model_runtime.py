@@ -4,6 +4,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
+
 from models.runtime import usable_cores, worker_threads
 from settings import Settings
 from tests.conftest import ROOT
@@ -25,11 +27,13 @@ def _configure_in_child(env_extra: dict) -> str:
                           check=True).stdout.split()
 
 
+@pytest.mark.slow  # a Python child that imports torch: out of `make test-fast`
 def test_configure_worker_sets_threads_and_tunes_glibc_malloc():
     threads, tuned = _configure_in_child({})
     assert threads == "1" and tuned == "True"  # mallopt accepted every parameter
 
 
+@pytest.mark.slow  # a Python child that imports torch: out of `make test-fast`
 def test_operator_malloc_settings_are_left_alone():
     _, tuned = _configure_in_child({"MALLOC_ARENA_MAX": "2"})
     assert tuned == "False"

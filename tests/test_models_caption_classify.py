@@ -36,6 +36,7 @@ def images():
     return [Image.open(photos.path(name)).convert("RGB") for name in PHOTOS]
 
 
+@pytest.mark.slow  # BLIP generation to max_length, one caption at a time: out of `make test-fast`
 def test_captions_of_real_photos_batch_equals_one_by_one(captioner, images):
     batch = captioner.forward(images)
     assert len(batch) == 3 and all(isinstance(c, str) for c in batch)
@@ -45,6 +46,7 @@ def test_captions_of_real_photos_batch_equals_one_by_one(captioner, images):
     assert captioner.forward([]) == []
 
 
+@pytest.mark.slow  # BLIP generation to max_length, one caption at a time: out of `make test-fast`
 def test_max_length_counts_tokens(captioner, images):
     tokenizer = captioner.processor.tokenizer
     long = captioner.forward(images, max_length=30)

@@ -57,6 +57,7 @@ def random_weights(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow  # random-weight Faster R-CNN, nine forward passes: out of `make test-fast`
 def test_person_detector_batched_equals_one_by_one(random_weights, tmp_path):
     detector = PersonDetector(Settings(person_weights=random_weights, person_min_size=128, model_dir=str(tmp_path)))
     detector.load("cpu")

@@ -113,6 +113,7 @@ def models(base_settings, tmp_path_factory):
     return loaded
 
 
+@pytest.mark.slow  # five models loaded and run on 100000-pixel strips: out of `make test-fast`
 @pytest.mark.parametrize("name", ["mobilenet", "clip", "dino", "captioner", "face"])
 def test_extreme_aspect_ratios_cost_no_more_than_a_square(models, name):
     model = models[name]
@@ -132,6 +133,7 @@ def test_extreme_aspect_ratios_cost_no_more_than_a_square(models, name):
     assert peak_rss_mb() - peak < 1000, "an extreme image grew the process"
 
 
+@pytest.mark.slow  # five models loaded and run on 100000-pixel strips: out of `make test-fast`
 def test_mobilenet_vectors_of_a_tall_image_are_unchanged_by_the_window(models):
     """Aspect 6.7: the window applies; the real weights see (almost) the same pixels as without it."""
     model = models["mobilenet"]
@@ -146,6 +148,7 @@ def test_mobilenet_vectors_of_a_tall_image_are_unchanged_by_the_window(models):
     assert cosine > 0.999
 
 
+@pytest.mark.slow  # a random Faster R-CNN built and run: out of `make test-fast`
 def test_person_detector_answers_none_for_a_sliver_too_thin_to_scale(tmp_path):
     """A 1xN image whose short side scales below one pixel (MAX_IMAGE_ASPECT raised past ~1333) is no
     person, not a torchvision error; the ordinary image beside it in the batch is still detected."""
@@ -161,6 +164,7 @@ def test_person_detector_answers_none_for_a_sliver_too_thin_to_scale(tmp_path):
     assert len(results) == 3
 
 
+@pytest.mark.slow  # MTCNN on a 36-megapixel photo: out of `make test-fast`
 def test_face_detector_searches_a_huge_photo_at_a_bounded_size():
     """MTCNN's cost grows with pixels (about 14 s of CPU for 40 MP): a 36-megapixel astronaut is searched
     reduced, and its face box, scaled back, is the 512 px photo's box scaled up."""
@@ -173,8 +177,13 @@ def test_face_detector_searches_a_huge_photo_at_a_bounded_size():
     detector.load("cpu")
     photo = Image.open(io.BytesIO(photos.read("astronaut"))).convert("RGB")
     started = time.process_time()
+    detector.forward([photo, photo])
+    baseline = time.process_time() - started  # this machine's speed now: two 512 px photos, about 0.4 s
+    started = time.process_time()
     small, big = detector.forward([photo, photo.resize((6000, 6000))])
-    assert time.process_time() - started < 8.0
+    # about 2 s (5 baselines), unbounded about 12 s (30): 8 s, or 16 baselines where torch's threads run
+    # slower or spin on a busy machine (their CPU time grows with the load)
+    assert time.process_time() - started < max(8.0, 16 * baseline)
     factor = 6000 / 512
     for a, b in zip(small.as_list(), big.as_list()):
         assert abs(a * factor - b) < 0.05 * 6000, (small, big)

@@ -270,7 +270,7 @@ def _closed_port() -> int:
 
 def test_unreachable_url_is_a_quick_store_error_naming_it():
     url = f"http://127.0.0.1:{_closed_port()}"
-    made = ElasticStore(url, timeout=2)  # lazy: constructing does not connect
+    made = ElasticStore(url, timeout=10)  # lazy: constructing does not connect
     calls = [
         lambda: made.count(), lambda: made.add(_record("a")), lambda: made.get("a"), lambda: made.delete("a"),
         lambda: made.list_paths(), lambda: made.candidates(np.zeros(63, dtype=np.int64)),
@@ -280,7 +280,8 @@ def test_unreachable_url_is_a_quick_store_error_naming_it():
         start = time.monotonic()
         with pytest.raises(StoreError, match=rf"Elasticsearch at {url} is unreachable"):
             call()
-        assert time.monotonic() - start < 2  # a refused connection: well within the timeout
+        # a refused connection is not waited out: well within the 10 s timeout (the rest is machine speed)
+        assert time.monotonic() - start < 5
     made.close()
 
 
@@ -306,7 +307,7 @@ def own_osmem():
 
 
 def test_server_killed_mid_way_is_a_quick_store_error(own_osmem):
-    made = ElasticStore(own_osmem.url, index="kill", timeout=2, node_class=PlainJsonNode)
+    made = ElasticStore(own_osmem.url, index="kill", timeout=10, node_class=PlainJsonNode)
     made.add(_record("a", 1))  # the pool now holds a live keep-alive connection
     own_osmem.process.kill()
     own_osmem.process.wait()
@@ -314,20 +315,22 @@ def test_server_killed_mid_way_is_a_quick_store_error(own_osmem):
         start = time.monotonic()
         with pytest.raises(StoreError, match=rf"Elasticsearch at {own_osmem.url} is unreachable"):
             call()
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 5  # not waited out: well within the 10 s timeout
     made.close()
 
 
 def test_stalled_server_times_out_and_resending_is_safe(own_osmem):
     """A node that stops answering: StoreError after the timeout, not a hang. The add may still land
     (here it does, once the node resumes): re-sending it is harmless, the id is the path's."""
-    made = ElasticStore(own_osmem.url, index="stall", timeout=1, node_class=PlainJsonNode)
+    made = ElasticStore(own_osmem.url, index="stall", timeout=1.5, node_class=PlainJsonNode)
     made.add(_record("a", 1))
     os.kill(own_osmem.pid, signal.SIGSTOP)
     start = time.monotonic()
-    with pytest.raises(StoreError, match=r"unreachable: no answer within 1 s \(trying to index 'b'\)") as caught:
+    with pytest.raises(StoreError, match=r"unreachable: no answer within 1.5 s \(trying to index 'b'\)") as caught:
         made.add(_record("b", 2))
-    assert 0.9 < time.monotonic() - start < 2 and own_osmem.url in str(caught.value)
+    # at the timeout, not before; and under two of them, so a timeout is not retried (1.5 s of slack, for a
+    # loaded machine: with 1 s it was the timeout alone)
+    assert 1.4 < time.monotonic() - start < 2 * 1.5 and own_osmem.url in str(caught.value)
     os.kill(own_osmem.pid, signal.SIGCONT)
     made.add(_record("b", 2))  # the caller's retry
     assert made.count() == 2 and made.list_paths() == ["a", "b"]
