@@ -41,6 +41,10 @@ class GalleryRecord:
     original_sha256: str
     processed_sha256: str
     created: float  # unix time, set by the store on add
+    model: str = ""  # the segmenter that made the processed image (background removal's `model`)
+
+
+GALLERY_MODEL_MAX = 100  # characters; a catalogue name
 
 
 def check_gallery_text(what: str, value, longest: int) -> str:
@@ -57,8 +61,10 @@ def check_sha256(what: str, value) -> str:
     return value
 
 
-def check_gallery_add(user, name, original_sha256, processed_sha256, limit) -> None:
+def check_gallery_add(user, name, original_sha256, processed_sha256, limit, model: str = "") -> None:
     """ValueError on a malformed gallery record or limit, before anything is stored."""
+    if not isinstance(model, str) or len(model) > GALLERY_MODEL_MAX:
+        raise ValueError(f"a gallery model is a string of at most {GALLERY_MODEL_MAX} characters, not {model!r}")
     check_gallery_text("user", user, GALLERY_USER_MAX)
     check_gallery_text("name", name, GALLERY_NAME_MAX)
     check_sha256("original_sha256", original_sha256)
@@ -142,9 +148,10 @@ class Store(ABC):
 
     @abstractmethod
     def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
-                    limit: int) -> GalleryRecord:
+                    limit: int, model: str = "") -> GalleryRecord:
         """Store a new record for `user`; GalleryFull when the user already has `limit` records. Never lets
-        a user exceed `limit`, also under concurrent adds. Durable on return, like `add`."""
+        a user exceed `limit`, also under concurrent adds. Durable on return, like `add`. `model` names
+        the segmenter that made the processed image."""
 
     @abstractmethod
     def gallery_get(self, user: str, record_id: str) -> GalleryRecord | None:

@@ -49,6 +49,7 @@ GALLERY_PROPERTIES = {
     "original_sha256": {"type": "keyword"},
     "processed_sha256": {"type": "keyword"},
     "created": {"type": "date", "format": "epoch_millis"},
+    "model": {"type": "keyword"},  # added to an older index's mapping by ensure_gallery_index
 }
 _SAFE_MODEL = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -663,16 +664,17 @@ class ElasticStore(Store):
         return self._acknowledged(response, f"delete gallery record {record_id!r}", ("deleted", "not_found"))
 
     def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
-                    limit: int) -> GalleryRecord:
-        check_gallery_add(user, name, original_sha256, processed_sha256, limit)
+                    limit: int, model: str = "") -> GalleryRecord:
+        check_gallery_add(user, name, original_sha256, processed_sha256, limit, model)
         self.ensure_gallery_index()
         have = self._gallery_user_count(user, refresh=self.refresh is False)
         if have >= limit:
             raise GalleryFull(f"user {user!r} already has {have} gallery records (limit {limit})")
         created = self._next_created()
-        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, created / 1000.0)
+        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, created / 1000.0,
+                               model)
         document = {"id": record.id, "user": user, "name": name, "original_sha256": original_sha256,
-                    "processed_sha256": processed_sha256, "created": created}
+                    "processed_sha256": processed_sha256, "created": created, "model": model}
         action = f"index gallery record {record.id!r}"
         with self._errors(action):  # refresh=true: the count below, and every other adder's, sees it
             response = self._es.index(index=self.gallery_index, id=record.id, document=document, op_type="create",
@@ -746,4 +748,5 @@ def _gallery_record(source: dict) -> GalleryRecord:
     return GalleryRecord(
         id=source["id"], user=source["user"], name=source["name"], original_sha256=source["original_sha256"],
         processed_sha256=source["processed_sha256"], created=float(source["created"]) / 1000.0,
+        model=source.get("model", ""),
     )

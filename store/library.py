@@ -12,11 +12,12 @@ same lock, as `add` does, or a concurrent release could delete a blob just writt
 """
 
 import fcntl
+import hashlib
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from store.base import Record, Store, StoreError
+from store.base import GalleryRecord, Record, Store, StoreError
 from store.blobs import BlobStore
 
 
@@ -56,6 +57,38 @@ class ImageLibrary:
                 raise
         if replaced is not None and replaced.sha256 != record.sha256:
             self.release(replaced.sha256)
+
+    def gallery_add(self, user: str, name: str, original: bytes, processed: bytes, limit: int,
+                    model: str = "") -> GalleryRecord:
+        """A gallery record with its two images: both blobs written (durably) first, the record last, all
+        under the blobs' locks, so a crash leaves the whole record or no record, and a concurrent release
+        cannot delete a blob the record is about to name. GalleryFull at the limit, ValueError on a bad
+        name: nothing is kept then (a blob written here for it alone is released)."""
+        shas = [hashlib.sha256(data).hexdigest() for data in (original, processed)]
+        with ExitStack() as locks:
+            for prefix in sorted({sha[:2] for sha in shas}):  # one flock per lock file, in order: no deadlock
+                locks.enter_context(self._locked(prefix))
+            existed = {sha: self.blobs.path(sha).exists() for sha in shas}
+            try:
+                for data in (original, processed):
+                    self._blob_io("store", self.blobs.put, data)
+                return self.store.gallery_add(user, name, shas[0], shas[1], limit, model)
+            except BaseException:
+                for sha in dict.fromkeys(shas):  # leave no orphan behind a refused add (best effort)
+                    if not existed[sha]:
+                        try:
+                            self._drop_if_unreferenced(sha)
+                        except StoreError:
+                            pass
+                raise
+
+    def gallery_delete(self, user: str, record_id: str) -> GalleryRecord | None:
+        """Delete the user's record, then each of its blobs that nothing else refers to."""
+        record = self.store.gallery_delete(user, record_id)
+        if record is not None:
+            for sha in dict.fromkeys((record.original_sha256, record.processed_sha256)):
+                self.release(sha)
+        return record
 
     def delete(self, path: str) -> bool:
         """Delete the record of `path`, and its original unless another record has the same bytes."""

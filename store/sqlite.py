@@ -99,14 +99,15 @@ CREATE TABLE IF NOT EXISTS gallery (
     name TEXT NOT NULL,
     original_sha256 TEXT NOT NULL,
     processed_sha256 TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    model TEXT NOT NULL DEFAULT ''          -- the segmenter that made the processed image
 );
 CREATE INDEX IF NOT EXISTS gallery_user ON gallery (user, seq);
 -- sha256_referenced: a blob is kept while a gallery record names it
 CREATE INDEX IF NOT EXISTS gallery_original ON gallery (original_sha256);
 CREATE INDEX IF NOT EXISTS gallery_processed ON gallery (processed_sha256);
 """
-GALLERY_COLUMNS = "id, user, name, original_sha256, processed_sha256, created"
+GALLERY_COLUMNS = "id, user, name, original_sha256, processed_sha256, created, model"
 
 
 class SQLiteStore(Store):
@@ -140,6 +141,9 @@ class SQLiteStore(Store):
                 raise StoreError(f"SQLite index {self.path}: WAL mode unavailable here (journal_mode={mode})")
             with self._write_lock:
                 conn.executescript(SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(gallery)")}
+                if "model" not in columns:  # a gallery table written before records named their model
+                    conn.execute("ALTER TABLE gallery ADD COLUMN model TEXT NOT NULL DEFAULT ''")
 
     # ------------------------------------------------------------------ connections and errors
 
@@ -404,15 +408,15 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ the gallery
 
     def gallery_add(self, user: str, name: str, original_sha256: str, processed_sha256: str,
-                    limit: int) -> GalleryRecord:
-        check_gallery_add(user, name, original_sha256, processed_sha256, limit)
-        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, time.time())
+                    limit: int, model: str = "") -> GalleryRecord:
+        check_gallery_add(user, name, original_sha256, processed_sha256, limit, model)
+        record = GalleryRecord(uuid.uuid4().hex, user, name, original_sha256, processed_sha256, time.time(), model)
         with self._write("gallery_add") as conn:  # count and insert under one write lock: the limit is exact
             have = conn.execute("SELECT count(*) FROM gallery WHERE user = ?", (user,)).fetchone()[0]
             if have >= limit:
                 raise GalleryFull(f"user {user!r} already has {have} gallery records (limit {limit})")
-            conn.execute(f"INSERT INTO gallery ({GALLERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                         (record.id, user, name, original_sha256, processed_sha256, record.created))
+            conn.execute(f"INSERT INTO gallery ({GALLERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (record.id, user, name, original_sha256, processed_sha256, record.created, model))
         return record
 
     def gallery_get(self, user: str, record_id: str) -> GalleryRecord | None:
