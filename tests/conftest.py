@@ -174,7 +174,9 @@ def allowlisted_server(cache_dir, server_logs, server_process):
 TEXT_BODY = b"this is a plain text file, not an image\n" * 4
 
 
-class _PhotoHandler(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    """A loopback test server's handler: HTTP/1.1 (so chunked answers are possible), no request log."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -187,6 +189,9 @@ class _PhotoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class _PhotoHandler(QuietHandler):
 
     def do_GET(self):
         port = self.server.server_address[1]

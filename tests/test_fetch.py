@@ -4,33 +4,22 @@ import asyncio
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpcore
 import pytest
 
 from errors import InputError
 from images.fetch import FetchPolicy, fetch_url, parse_networks
+from tests.conftest import QuietHandler
 
 PAYLOAD = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # image-like bytes, exact content checked
 LOOPBACK = parse_networks("127.0.0.0/8")
 DRIP_BYTES, DRIP_INTERVAL = 60, 0.25  # /drip: one byte every 0.25 s, 15 s in all, each read well within a timeout
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # so chunked responses are possible
+class Handler(QuietHandler):
     seen_headers: dict = {}
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def _send(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         Handler.seen_headers = dict(self.headers)
