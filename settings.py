@@ -7,6 +7,7 @@ written from the same facts. A bad value stops start-up with one line naming the
 import os
 import re
 from dataclasses import dataclass, fields
+from dataclasses import field as _field
 from urllib.parse import urlsplit
 
 from images.decode import DEFAULT_FORMATS, FORMATS, DecodeLimits
@@ -159,6 +160,13 @@ def _networks(name, raw):
         raise SettingsError(f"{name}={raw!r}: expected CIDRs, comma-separated ({exc})") from None
 
 
+def _secret(name, raw):
+    value = raw.strip()
+    if len(value) < 16:
+        raise SettingsError(f"{name}={raw!r}: expected at least 16 characters of secret text")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8010
@@ -170,6 +178,7 @@ class Settings:
     accelerator: str = "auto"
     request_timeout: float = 30.0
     api_key: str | None = None
+    secret_key: str | None = _field(default=None, repr=False)  # signs the user cookie (apis/identity.py); unset: DATA_DIR/secret_key
     public_routes: tuple[str, ...] = ("/health",)  # answered without API_KEY (apis/auth.py)
     capabilities: tuple[str, ...] = CAPABILITIES
     cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "imageserver")
@@ -252,6 +261,10 @@ VARIABLES = {
     ),
     "CAPABILITIES": ("capabilities", lambda n, r: _subset(n, r, CAPABILITIES), ",".join(CAPABILITIES), "endpoints to serve"),
     "API_KEY": ("api_key", lambda n, r: r or None, "any string", "if set, every request needs X-API-Key"),
+    "SECRET_KEY": (
+        "secret_key", _secret, "secret text, 16+ characters",
+        "signs the user cookie; unset: generated once into DATA_DIR/secret_key",
+    ),
     "PUBLIC_ROUTES": (
         "public_routes", _routes, "paths, comma-separated (/static/* a prefix) or none", "routes that need no API_KEY",
     ),

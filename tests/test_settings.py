@@ -60,6 +60,7 @@ GOOD = {
     "ACCELERATOR": (" CPU ", "cpu"),
     "REQUEST_TIMEOUT": ("2.5", 2.5),
     "API_KEY": ("s3cret key", "s3cret key"),
+    "SECRET_KEY": ("  a secret of enough length ", "a secret of enough length"),
     "PUBLIC_ROUTES": (" /health, /info,/static/* ", ("/health", "/info", "/static/*")),
     "CACHE_DIR": ("~/somewhere", os.path.join(os.path.expanduser("~"), "somewhere")),
     "AVERAGING_METHOD": ("Harmonic", "harmonic"),
@@ -128,6 +129,7 @@ def test_every_variable_parses_a_good_value(name):
 
 BAD = {
     "PORT": ["0", "65536", "70000", "http", "80.5", "-1"],
+    "SECRET_KEY": ["short", "  fifteen chars  "],
     "LOG_LEVEL": ["verbose", "warn"],
     "NUM_API_SERVERS": ["0", "65", "two"],
     "WORKERS_PER_DEVICE": ["zero", "0", "65", "1.5"],
