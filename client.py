@@ -13,6 +13,9 @@
     python client.py search photo.jpg --similar --limit 10     # similar images by embedding (/find_similar/)
     python client.py compare a.jpg b.jpg
     python client.py remove holiday/beach/1.jpg
+    python client.py remove-bg photos/ portrait.jpg -o cutouts/ --model u2netp   # -> cutouts/<name>.png
+    python client.py records add photo.jpg --name "Beach"       # the gallery, as the user the cookie names
+    python client.py records list | records rename ID "New name" | records delete ID
 
 Prints the server's JSON on stdout (pipe it to jq); on any error prints one line on stderr and exits 1.
 The server address comes from --url, else IMAGESERVER_URL, else http://127.0.0.1:$PORT (8010).
@@ -24,6 +27,8 @@ import json
 import os
 import sys
 import threading
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import quote, urlsplit
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -34,7 +39,8 @@ from atomic_files import write_atomically
 from models import catalogue
 from settings import AVERAGING_METHODS
 
-COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier", "index", "search", "compare", "remove")
+COMMANDS = ("stats", "analyze", "embed", "caption-folder", "train-classifier", "index", "search", "compare", "remove",
+            "remove-bg", "records")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
 
 
@@ -342,6 +348,222 @@ def cmd_index(client: httpx.Client, args) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------- background removal and the gallery records
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEFAULT_OUTPUT_DIR = "background-removed"
+
+
+def removal_fields(args) -> dict:
+    """remove-bg's and records add's option flags -> the form fields /remove-background and /records read."""
+    fields = {"model": args.model} if args.model else {}
+    for flag in ("alpha_matting", "only_mask", "post_process_mask", "crop"):
+        if getattr(args, flag):
+            fields[flag] = "true"
+    if args.bgcolor:
+        fields["bgcolor"] = args.bgcolor
+    return fields
+
+
+def removal_inputs(paths: list[str], output_dir: Path) -> tuple[list[tuple[Path, Path]], int]:
+    """[(input, output)] for every file named and every image under every folder named, and how many
+    files under the folders were not images. A folder's images keep their relative folders under
+    output_dir; two inputs that would write the same <name>.png write <name.suffix>.png instead."""
+    planned: dict[Path, tuple[Path, Path]] = {}  # by resolved path: a file named twice is done once
+    ignored = 0
+    out = output_dir.resolve()
+    for given in paths:
+        source = Path(given).expanduser()
+        if source.is_dir():
+            if source.resolve() == out:
+                raise ClientError(f"{given}: -o is the folder itself; its outputs would be inputs on the next run")
+            for file in walk_files(source):
+                if file.resolve().is_relative_to(out):  # -o inside the folder: never take outputs as inputs
+                    continue
+                if not sniff_image(file):
+                    ignored += 1
+                    continue
+                planned.setdefault(file.resolve(), (file, Path(file.relative_to(source).parent)))
+        elif source.is_file():
+            planned.setdefault(source.resolve(), (source, Path()))
+        else:
+            raise ClientError(f"{given}: no such file or folder")
+    planned = list(planned.values())
+    targets = [output_dir / sub / (file.stem + ".png") for file, sub in planned]
+    clashes = {t for t in targets if targets.count(t) > 1}
+    pairs = []
+    for (file, sub), target in zip(planned, targets):
+        if target in clashes:
+            target = output_dir / sub / (file.name + ".png")
+        pairs.append((file, target))
+    return pairs, ignored
+
+
+def remove_background(client: httpx.Client, file: Path, fields: dict) -> bytes:
+    """POST one image to /remove-background; the PNG it answers."""
+    with file.open("rb") as handle:
+        response = client.post("/remove-background", files={"file": (file.name, handle)}, data=fields,
+                               headers={"Accept": "image/png"})
+    if response.status_code >= 400:
+        answer(response)  # raises the server's one-line reason
+    if not response.content.startswith(PNG_MAGIC):
+        raise ClientError(f"HTTP {response.status_code}: expected a PNG, got "
+                          f"{response.headers.get('content-type') or 'no content type'}")
+    return response.content
+
+
+def cmd_remove_bg(client: httpx.Client, args) -> dict:
+    """Write <name>.png with the background removed, for every file and every image under every folder given."""
+    from tqdm import tqdm
+
+    if args.concurrency < 1:
+        raise ClientError("--concurrency must be at least 1")
+    output_dir = Path(args.output_dir).expanduser()
+    pairs, ignored = removal_inputs(args.paths, output_dir)
+    if not pairs:
+        raise ClientError("no images found in " + ", ".join(args.paths))
+    for source, target in pairs:
+        if source.resolve() == target.resolve():
+            raise ClientError(f"{source}: the output would replace the input; choose another -o")
+    todo = [(s, t) for s, t in pairs if args.force or not t.exists()]
+    fields = removal_fields(args)
+    written, failed = 0, {}
+    lock = threading.Lock()
+
+    def work(source: Path, target: Path) -> None:
+        nonlocal written
+        try:
+            png = remove_background(client, source, fields)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(target, png)  # never half a PNG where a re-run would skip it
+        except (ClientError, OSError, httpx.HTTPError) as exc:
+            with lock:
+                failed[str(source)] = str(exc) or type(exc).__name__
+        else:
+            with lock:
+                written += 1
+
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    interrupted = False
+    try:
+        with tqdm(total=len(todo), desc="removing backgrounds", unit="image", file=sys.stderr) as bar:
+            for _ in as_completed([pool.submit(work, s, t) for s, t in todo]):
+                bar.update()
+    except KeyboardInterrupt:  # Ctrl+C: the requests in flight finish, nothing new starts
+        interrupted = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    with lock:
+        summary = {"written": written, "skipped_existing": len(pairs) - len(todo), "ignored": ignored,
+                   "output_dir": str(output_dir), "failed": dict(sorted(failed.items()))}
+    if interrupted or failed:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if interrupted:
+        raise ClientError("interrupted: what is written stays; the same command again skips it and goes on")
+    if failed:
+        raise ClientError(f"{len(failed)} of {len(todo)} images failed (see above)")
+    return summary
+
+
+def default_cookie_file() -> str:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return os.environ.get("IMAGESERVER_COOKIE_FILE") or str(Path(config) / "imageserver" / "cookies.json")
+
+
+class CookieFile:
+    """The cookies each server set, kept between calls in a JSON file (0600): {origin: {name: value}}.
+
+    The records belong to the user the server's signed cookie names; without it every call would be a new
+    user with an empty gallery. The jar of httpx lives for one process only, so this one sends the kept
+    cookies as the Cookie header and takes what every answer's Set-Cookie says back into the file.
+    """
+
+    def __init__(self, path: str, url: str):
+        self.path = Path(path).expanduser()
+        parts = urlsplit(url)
+        self.origin = f"{parts.scheme}://{parts.netloc}".lower()
+        try:
+            kept = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            kept = {}
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"{self.path}: cannot read the cookie file ({exc})") from None
+        self.all = kept if isinstance(kept, dict) else {}
+        self.cookies = dict(self.all.get(self.origin) or {})
+        self.changed = False
+
+    def attach(self, client: httpx.Client) -> None:
+        self._header(client)
+        client.event_hooks["response"] = [*client.event_hooks["response"], lambda r: self._take(client, r)]
+
+    def _header(self, client: httpx.Client) -> None:
+        client.cookies.clear()  # only what this file holds is sent, once
+        if self.cookies:
+            client.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        else:
+            client.headers.pop("Cookie", None)
+
+    def _take(self, client: httpx.Client, response: httpx.Response) -> None:
+        for line in response.headers.get_list("set-cookie"):
+            jar = SimpleCookie()
+            try:
+                jar.load(line)
+            except CookieError:
+                continue
+            for name, morsel in jar.items():
+                if morsel["max-age"] in ("0", "-1") or not morsel.value:
+                    self.changed |= self.cookies.pop(name, None) is not None
+                elif self.cookies.get(name) != morsel.value:
+                    self.cookies[name] = morsel.value
+                    self.changed = True
+        self._header(client)
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        self.all[self.origin] = self.cookies
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(self.path, (json.dumps(self.all, indent=2) + "\n").encode("utf-8"), mode=0o600)
+
+
+def record_answer(response: httpx.Response, record_id: str | None = None) -> dict:
+    """A records route's JSON; a 204 (nothing to say) becomes {"id", "deleted": true}."""
+    if response.status_code == 204 or (response.status_code < 400 and not response.content):
+        return {"id": record_id, "deleted": True}
+    return answer(response)
+
+
+def cmd_records(client: httpx.Client, args) -> dict:
+    cookies = CookieFile(args.cookie_file, args.url)
+    cookies.attach(client)
+    try:
+        if args.action == "list":
+            return answer(client.get("/records"))
+        if args.action == "add":
+            file = Path(args.image).expanduser()
+            if not file.is_file():
+                raise ClientError(f"{args.image}: no such file")
+            with file.open("rb") as handle:
+                data = {"name": args.name or file.stem, **removal_fields(args)}
+                return answer(client.post("/records", files={"image": (file.name, handle)}, data=data))
+        path = f"/records/{quote(args.id, safe='')}"
+        if args.action == "rename":
+            return answer(client.patch(path, json={"name": args.name}))
+        return record_answer(client.delete(path), args.id)
+    finally:
+        cookies.save()  # a new user's cookie is kept even when the call itself failed
+
+
+def add_removal_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", help="background-removal model (the server's BACKGROUND_MODEL otherwise)")
+    command.add_argument("--alpha-matting", action="store_true", help="refine the mask's edges")
+    command.add_argument("--only-mask", action="store_true", help="write the mask, not the cut-out")
+    command.add_argument("--post-process-mask", action="store_true", help="smooth the mask")
+    command.add_argument("--bgcolor", metavar="R,G,B,A", help="fill the removed background with this colour")
+    command.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description="Client for the image server", epilog="Default command: stats")
     top.add_argument("--url", default=default_url(), help="server address (IMAGESERVER_URL)")
@@ -409,6 +631,32 @@ def parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="delete an image from the index by its filepath")
     remove.add_argument("filepath", help="the filepath it was indexed under")
     remove.set_defaults(run=cmd_remove)
+
+    remove_bg = commands.add_parser("remove-bg", help="cut out the subject of every image: <name>.png in -o DIR")
+    remove_bg.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (walked)")
+    remove_bg.add_argument("-o", "--output-dir", default=DEFAULT_OUTPUT_DIR,
+                           help=f"where <name>.png goes, a folder's subfolders kept (default ./{DEFAULT_OUTPUT_DIR})")
+    remove_bg.add_argument("--force", action="store_true", help="overwrite outputs that exist")
+    remove_bg.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    add_removal_flags(remove_bg)
+    remove_bg.set_defaults(run=cmd_remove_bg)
+
+    records = commands.add_parser("records", help="your gallery of cut-outs (the user a kept cookie names)")
+    records.add_argument("--cookie-file", default=default_cookie_file(),
+                         help="where the server's cookie is kept between calls (IMAGESERVER_COOKIE_FILE; "
+                              "default ~/.config/imageserver/cookies.json)")
+    actions = records.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="your records, newest first")
+    add = actions.add_parser("add", help="upload an image: kept with its cut-out")
+    add.add_argument("image", help="a file path")
+    add.add_argument("--name", help="the record's name (default: the file's name without suffix)")
+    add_removal_flags(add)
+    rename = actions.add_parser("rename", help="give a record a new name")
+    rename.add_argument("id")
+    rename.add_argument("name")
+    delete = actions.add_parser("delete", help="delete a record and its images")
+    delete.add_argument("id")
+    records.set_defaults(run=cmd_records)
     return top
 
 
