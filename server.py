@@ -15,7 +15,10 @@ from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
 from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
+from apis.identity import UserCookieMiddleware
 from apis.analyze_routes import ALIASES, PathAliasMiddleware, add_operation_routes
+from apis.background import BACKGROUND_PATHS, BackgroundAPI
+from apis.records import add_background_routes, replace_health_route
 from apis.search import SEARCH_PATHS, SearchAPI
 from apis.originals import add_original_routes
 from apis.page import add_page
@@ -41,7 +44,7 @@ def resolve_accelerator(choice: str) -> str:
 
 
 def build_server(settings: Settings) -> ls.LitServer:
-    if "search" in settings.capabilities:
+    if {"search", "background"} & set(settings.capabilities):
         check_store_settings(settings)
     handoff = Handoff()
     status_dir = os.path.join(handoff.directory, "model-status")
@@ -51,6 +54,7 @@ def build_server(settings: Settings) -> ls.LitServer:
         "analyze": lambda: AnalyzeAPI(settings, status_dir),
         "embed": lambda: EmbedAPI(settings, status_dir),
         "search": lambda: SearchAPI(settings),
+        "background": lambda: BackgroundAPI(settings),
     }
     apis = [available[name]() for name in settings.capabilities]
     queue_limits = {api.api_path: (getattr(settings, f"{name}_max_queue"), f"{name.upper()}_MAX_QUEUE")
@@ -59,13 +63,18 @@ def build_server(settings: Settings) -> ls.LitServer:
         apis,
         queue_limits=queue_limits,
         gated_paths={"/stats": "/stats", "/analyze": "/analyze", "/embed": "/embed",
-                     **{path: "/add" for path in SEARCH_PATHS}},
+                     **{path: "/add" for path in SEARCH_PATHS},
+                     **{path: "/remove-background" for path in BACKGROUND_PATHS}},
         accelerator=resolve_accelerator(settings.accelerator),
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
         middlewares=[
             (BodyLimitMiddleware, {"max_bytes": settings.max_upload_bytes}),
             (PathAliasMiddleware, {"aliases": ALIASES}),
+            # the user id of the signed cookie, for the gallery records (apis/identity.py)
+            *([(UserCookieMiddleware, {"secret_key": getattr(settings, "secret_key", None),
+                                       "data_dir": settings.data_dir})]
+              if "background" in settings.capabilities else []),
             # each later one wraps the earlier: the key is checked before any body is read, a failure of
             # anything inside is answered as JSON, and every answer carries its request id
             (ApiKeyMiddleware, {"api_key": settings.api_key, "public_routes": settings.public_routes}),
@@ -84,6 +93,10 @@ def build_server(settings: Settings) -> ls.LitServer:
         add_search_routes(server.app, settings, apis[0].authorize)
         add_original_routes(server.app, apis[0].authorize)
         add_page(server.app)  # replaces LitServe's "litserve running" at GET /
+    if "background" in settings.capabilities:
+        background = apis[settings.capabilities.index("background")]
+        add_background_routes(server.app, settings, background.authorize)
+    replace_health_route(server.app)  # {"status": "Healthy"} once the workers are ready
     return server
 
 

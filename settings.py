@@ -16,7 +16,7 @@ from images.fetch import FetchPolicy, parse_networks
 AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
 ACCELERATORS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-CAPABILITIES = ("stats", "analyze", "embed", "search")
+CAPABILITIES = ("stats", "analyze", "embed", "search", "background")
 STORE_BACKENDS = ("sqlite", "elasticsearch")
 REFRESH_POLICIES = ("wait_for", "true", "false")
 IMAGE_FORMATS = FORMATS  # what IMAGE_FORMATS may name: ICO and ICNS are opt-in
@@ -146,6 +146,25 @@ def _models(name, raw):
     return _subset(name, raw, _embedders())
 
 
+def _segmenter(name, raw):
+    """One segmenter of the catalogue."""
+    value = raw.strip().lower()
+    if value not in _segmenters():
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(_segmenters())}")
+    return value
+
+
+def _segmenters_list(name, raw):
+    return _subset(name, raw, _segmenters())
+
+
+def _segmenters() -> tuple[str, ...]:
+    # asked of the catalogue only when BACKGROUND_MODEL(S) is set, as for SEARCH_MODELS
+    from models.catalogue import names
+
+    return names("segmenter")
+
+
 def _embedders() -> tuple[str, ...]:
     # asked of the catalogue only when SEARCH_MODELS is set: settings otherwise knows no model
     from models.catalogue import names
@@ -208,6 +227,7 @@ class Settings:
     person_weights: str = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
     person_min_size: int = 800
     classifier_dir: str | None = None  # default MODEL_DIR/classifiers
+    background_custom_model: str | None = None  # the u2net_custom segmenter's .onnx (models/background.py)
     analyze_max_batch_size: int = 8
     analyze_batch_timeout: float = 0.01
     embed_max_batch_size: int = 8
@@ -226,6 +246,12 @@ class Settings:
     analyze_max_queue: int = 32
     embed_max_queue: int = 64
     search_max_queue: int = 64
+    background_model: str = "u2net"  # the segmenter a request without `model` gets
+    background_models: tuple[str, ...] = ("u2net", "u2netp")  # what the background workers load
+    background_max_batch_size: int = 4
+    background_batch_timeout: float = 0.01
+    background_max_queue: int = 32
+    user_limit: int = 50  # gallery records per user (background removal's records)
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -305,6 +331,10 @@ VARIABLES = {
     ),
     "PERSON_MIN_SIZE": ("person_min_size", lambda n, r: _int(n, r, 64, 2048), "64-2048", "Faster R-CNN input short side"),
     "CLASSIFIER_DIR": ("classifier_dir", lambda n, r: os.path.expanduser(r.strip()), "a directory", "collection classifiers"),
+    "BACKGROUND_CUSTOM_MODEL": (
+        "background_custom_model", lambda n, r: os.path.expanduser(r.strip()) or None, "a path or a file name in MODEL_DIR/rembg",
+        "your own U²-Net-style .onnx for the u2net_custom segmenter",
+    ),
     "ANALYZE_MAX_BATCH_SIZE": ("analyze_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/analyze batch size"),
     "ANALYZE_BATCH_TIMEOUT": ("analyze_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "/analyze wait to fill a batch"),
     "EMBED_MAX_BATCH_SIZE": ("embed_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "/embed batch size"),
@@ -339,6 +369,24 @@ VARIABLES = {
         "search_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000",
         "/add, /search, /compare, /find_similar/ requests queued or in work (503 past it)",
     ),
+    "BACKGROUND_MODEL": (
+        "background_model", _segmenter, "a segmenter of the catalogue", "background removal's model when none is asked",
+    ),
+    "BACKGROUND_MODELS": (
+        "background_models", _segmenters_list, "segmenters of the catalogue, comma-separated",
+        "segmenters the background workers load",
+    ),
+    "BACKGROUND_MAX_BATCH_SIZE": (
+        "background_max_batch_size", lambda n, r: _int(n, r, 1, 256), "1-256", "background removal batch size",
+    ),
+    "BACKGROUND_BATCH_TIMEOUT": (
+        "background_batch_timeout", lambda n, r: _float(n, r, 0.0), "seconds", "background removal wait to fill a batch",
+    ),
+    "BACKGROUND_MAX_QUEUE": (
+        "background_max_queue", lambda n, r: _int(n, r, 1, 100000), "1-100000",
+        "/remove-background, /api/remove, POST /records and POST / requests queued or in work (503 past it)",
+    ),
+    "USER_LIMIT": ("user_limit", lambda n, r: _int(n, r, 1, 1000000), "1-1000000", "gallery records per user (4xx past it)"),
 }
 
 

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(env: dict, timeout: float = 300.0):
-    """server.py with `env` (PORT and HOST included), yielding its Popen once GET /health answers "ok".
+    """server.py with `env` (PORT and HOST included), yielding its Popen once GET /health answers Healthy.
 
     Stopped with SIGTERM, which server.py turns into LitServe's graceful shutdown (workers stopped, its
     /dev/shm folder removed), then SIGKILL to whatever is left of its process group."""
@@ -51,7 +51,7 @@ def running_server(env: dict, timeout: float = 300.0):
         while True:
             try:
                 with urllib.request.urlopen(f"http://{env['HOST']}:{env['PORT']}/health", timeout=2) as response:
-                    if response.read() == b"ok":
+                    if response.read() == b'{"status":"Healthy"}':
                         break
             except OSError:  # not listening yet
                 pass

@@ -95,7 +95,8 @@ class ServerProcess:
 
 
 def start_server(log_dir: Path, name: str, script: str = "server.py", **overrides) -> ServerProcess:
-    """Start `server.py` (or a test launcher of it) on a free loopback port; wait until GET /health answers "ok"."""
+    """Start `server.py` (or a test launcher of it) on a free loopback port; wait until GET /health answers
+    {"status": "Healthy"} (every worker ready)."""
     _refuse_in_fast_tier("server", [script])
     port = free_port()
     # the /stats tests need no models: CAPABILITIES=stats unless a test asks for more; never download
@@ -118,7 +119,8 @@ def start_server(log_dir: Path, name: str, script: str = "server.py", **override
                 raise RuntimeError(f"server {name} exited with {process.returncode}:\n{server.log_tail()}")
             try:
                 response = httpx.get(f"{server.url}/health", timeout=2)
-                if response.status_code == 200 and response.text.strip().strip('"') == "ok":
+                if response.status_code == 200 and response.text.startswith("{") and \
+                        response.json() == {"status": "Healthy"}:
                     return server
             except httpx.HTTPError:
                 pass

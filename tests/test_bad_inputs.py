@@ -675,7 +675,7 @@ class Runner:
                 response = probes[name]()
             except httpx.HTTPError as exc:
                 return f"{name}: {exc!r}"
-            if response.status_code != 200 or (name == "health" and response.text.strip().strip('"') != "ok"):
+            if response.status_code != 200 or (name == "health" and response.text != '{"status":"Healthy"}'):
                 return f"{name}: {response.status_code} {_snippet(response)}"
             return None
 

@@ -109,6 +109,12 @@ GOOD = {
     "ANALYZE_MAX_QUEUE": ("4", 4),
     "EMBED_MAX_QUEUE": ("1", 1),
     "SEARCH_MAX_QUEUE": ("100000", 100000),
+    "BACKGROUND_MODEL": (" U2NETP ", "u2netp"),
+    "BACKGROUND_MODELS": ("u2netp", ("u2netp",)),
+    "BACKGROUND_MAX_BATCH_SIZE": ("16", 16),
+    "BACKGROUND_BATCH_TIMEOUT": ("0", 0.0),
+    "BACKGROUND_MAX_QUEUE": ("8", 8),
+    "USER_LIMIT": ("2", 2),
 }
 
 
@@ -173,6 +179,12 @@ BAD = {
     "ANALYZE_MAX_QUEUE": ["-1"],
     "EMBED_MAX_QUEUE": ["1.5"],
     "SEARCH_MAX_QUEUE": ["unbounded"],
+    "BACKGROUND_MODEL": ["bria-rmbg", "u2net,u2netp", "mobilenet_v2"],
+    "BACKGROUND_MODELS": ["u2net,vitmatte", ",", "mobilenet_v2"],
+    "BACKGROUND_MAX_BATCH_SIZE": ["0", "257"],
+    "BACKGROUND_BATCH_TIMEOUT": ["-1", "soon"],
+    "BACKGROUND_MAX_QUEUE": ["0"],
+    "USER_LIMIT": ["0", "-1", "many"],
 }
 CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
