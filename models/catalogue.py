@@ -24,6 +24,19 @@ CATALOGUE = (
     "models.dino:DinoEmbedder",
     "models.mobilenet:MobileNetEmbedder",
     "models.captioner:Captioner",
+    "models.background:U2Net",
+    "models.background:U2NetP",
+    "models.background:U2NetHumanSeg",
+    "models.background:Silueta",
+    "models.background:IsNetGeneral",
+    "models.background:BiRefNetGeneral",
+    "models.background:BiRefNetGeneralLite",
+    "models.background:BiRefNetPortrait",
+    "models.background:BiRefNetDIS",
+    "models.background:BiRefNetHRSOD",
+    "models.background:BiRefNetCOD",
+    "models.background:BiRefNetMassive",
+    "models.background:CustomU2Net",
 )
 
 

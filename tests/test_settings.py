@@ -89,6 +89,7 @@ GOOD = {
     "PERSON_WEIGHTS": ("/weights/frcnn.pth", "/weights/frcnn.pth"),
     "PERSON_MIN_SIZE": ("320", 320),
     "CLASSIFIER_DIR": ("~/classifiers", os.path.join(os.path.expanduser("~"), "classifiers")),
+    "BACKGROUND_CUSTOM_MODEL": ("~/my-u2net.onnx", os.path.join(os.path.expanduser("~"), "my-u2net.onnx")),
     "ANALYZE_MAX_BATCH_SIZE": ("32", 32),
     "ANALYZE_BATCH_TIMEOUT": ("0.05", 0.05),
     "EMBED_MAX_BATCH_SIZE": ("32", 32),
@@ -191,7 +192,8 @@ CASES = [(name, raw) for name, raws in BAD.items() for raw in raws]
 
 def test_every_checked_variable_has_bad_values_here():
     free_text = {"HOST", "API_KEY", "CACHE_DIR", "MODEL_DIR", "CLIP_MODEL", "CLIP_PRETRAINED", "DINO_MODEL",
-                 "CAPTION_MODEL", "CLASSIFIER_DIR", "PERSON_WEIGHTS", "DATA_DIR"}  # any string is accepted
+                 "CAPTION_MODEL", "CLASSIFIER_DIR", "PERSON_WEIGHTS", "DATA_DIR",
+                 "BACKGROUND_CUSTOM_MODEL"}  # any string is accepted
     assert set(BAD) == set(VARIABLES) - free_text
 
 
