@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure photos weights install install-test clean
+.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure bench-background photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -105,6 +105,10 @@ bench-backpressure: install-test
 # its data and stores (10k, 100k, 1M records) are built once in ~/.cache/imageserver-bench/search (17 GB)
 bench-search: install-test
 	$(PY) -m bench.search --sizes 10000,100000,1000000
+
+# /remove-background against rembg's remove() in process and rembg's own server (made once in /tmp/rembg-venv)
+bench-background: install-test
+	$(PY) -m bench.background
 
 clean:
 	rm -rf $(VENV) .pytest_cache
