@@ -307,6 +307,12 @@ class BackgroundAPI(ImageAPI):
         from store.open import open_library
 
         self.library = open_library(self.settings)
+        try:  # the blobs of creates a killed worker left half-done (written, no record) are released
+            released = self.library.release_interrupted()
+            if released:
+                log.warning("background: released the blobs of %d record creates interrupted by a crash", released)
+        except Exception:
+            log.exception("background: could not release the blobs of interrupted creates")
         self.models, self.unavailable = load_models(self.settings.background_models, self.settings, device)
 
     def decode_request(self, request: Annotated[RemovalRequest, Depends(read_removal_request)], context):

@@ -14,6 +14,7 @@ same lock, as `add` does, or a concurrent release could delete a blob just writt
 import fcntl
 import hashlib
 import os
+import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -69,18 +70,69 @@ class ImageLibrary:
             for prefix in sorted({sha[:2] for sha in shas}):  # one flock per lock file, in order: no deadlock
                 locks.enter_context(self._locked(prefix))
             existed = {sha: self.blobs.path(sha).exists() for sha in shas}
+            new = [sha for sha in dict.fromkeys(shas) if not existed[sha]]
+            # a process killed between the blobs and the record leaves this note; release_interrupted frees them
+            locks.enter_context(self._intent(new))
             try:
                 for data in (original, processed):
                     self._blob_io("store", self.blobs.put, data)
                 return self.store.gallery_add(user, name, shas[0], shas[1], limit, model)
             except BaseException:
-                for sha in dict.fromkeys(shas):  # leave no orphan behind a refused add (best effort)
-                    if not existed[sha]:
-                        try:
-                            self._drop_if_unreferenced(sha)
-                        except StoreError:
-                            pass
+                for sha in new:  # leave no orphan behind a refused add (best effort)
+                    try:
+                        self._drop_if_unreferenced(sha)
+                    except StoreError:
+                        pass
                 raise
+
+    @property
+    def _intents(self) -> Path:
+        return self.lock_dir / "gallery-intents"
+
+    @contextmanager
+    def _intent(self, shas: list[str]):
+        """A note naming the blobs a gallery add is about to write, flock'ed for as long as the add runs and
+        removed after it: one left unlocked names blobs of an add whose process died."""
+        if not shas:
+            yield
+            return
+        self._intents.mkdir(parents=True, exist_ok=True)
+        path = self._intents / f"{os.getpid()}-{uuid.uuid4().hex}"
+        with open(path, "w+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write("\n".join(shas))
+            handle.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def release_interrupted(self) -> int:
+        """Release the blobs of gallery adds whose process died mid-add (their note is not locked by anyone):
+        each is deleted unless a record refers to it. Returns the notes handled."""
+        if not self._intents.is_dir():
+            return 0
+        handled = 0
+        for path in sorted(self._intents.iterdir()):
+            try:
+                handle = open(path)
+            except FileNotFoundError:  # its add finished meanwhile
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # an add in progress
+                    continue
+                shas = [line.strip() for line in handle.read().split() if line.strip()]
+                for sha in shas:
+                    try:
+                        self.release(sha)
+                    except (StoreError, ValueError):
+                        pass
+                path.unlink(missing_ok=True)
+                handled += 1
+        return handled
 
     def gallery_delete(self, user: str, record_id: str) -> GalleryRecord | None:
         """Delete the user's record, then each of its blobs that nothing else refers to."""

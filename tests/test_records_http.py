@@ -3,6 +3,7 @@ the JSON routes and the gallery form's routes, ownership by the signed cookie (t
 concurrent creates, cross-site refusals, and kill -9 of the worker during creates losing no acknowledged
 record."""
 
+import hashlib
 import io
 import os
 import re
@@ -36,9 +37,9 @@ def weights_dir() -> Path:
 
 
 def records_server(tmp_path_factory, server_logs, cache_dir, weights_dir, name: str, **overrides):
+    overrides.setdefault("DATA_DIR", tmp_path_factory.mktemp(f"{name}-data"))
     return start_server(
-        server_logs, name, CAPABILITIES="background", DATA_DIR=tmp_path_factory.mktemp(f"{name}-data"),
-        CACHE_DIR=cache_dir, MODEL_DIR=weights_dir, WORKERS_PER_DEVICE=1, BACKGROUND_MODELS=SESSION,
+        server_logs, name, CAPABILITIES="background", CACHE_DIR=cache_dir, MODEL_DIR=weights_dir, WORKERS_PER_DEVICE=1, BACKGROUND_MODELS=SESSION,
         BACKGROUND_MODEL=SESSION, BACKGROUND_MAX_BATCH_SIZE=4, REQUEST_TIMEOUT=100, **overrides,
     )
 
@@ -264,10 +265,24 @@ def worker_pids(server_pid: int) -> set[int]:
 
 def test_kill_9_of_the_worker_during_creates_loses_no_acknowledged_record(tmp_path_factory, server_logs, cache_dir,
                                                                            weights_dir):
-    server = records_server(tmp_path_factory, server_logs, cache_dir, weights_dir, "records-kill", USER_LIMIT=200)
+    data_dir = tmp_path_factory.mktemp("records-kill-data")
+    server = records_server(tmp_path_factory, server_logs, cache_dir, weights_dir, "records-kill", USER_LIMIT=200,
+                            DATA_DIR=data_dir)
     try:
         client = user(server.url)
-        photo = photos.read("coffee")
+        base = Image.open(io.BytesIO(photos.read("coffee"))).convert("RGB")
+        counter = iter(range(10**6))
+        counter_lock = threading.Lock()
+
+        def distinct_photo() -> bytes:
+            """coffee with one pixel changed: every create writes blobs of its own."""
+            with counter_lock:
+                n = next(counter)
+            image = base.copy()
+            image.putpixel((n % 600, n // 600), (n % 256, 255 - n % 256, 7))
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
         answers: list[httpx.Response] = []
         lock = threading.Lock()
         stop = threading.Event()
@@ -275,6 +290,7 @@ def test_kill_9_of_the_worker_during_creates_loses_no_acknowledged_record(tmp_pa
         def creator(n):
             i = 0
             while not stop.is_set() and i < 12:
+                photo = distinct_photo()
                 try:
                     response = client.post("/records", files={"image": ("c.png", photo)}, data={"name": f"t{n}-{i}"})
                 except httpx.HTTPError:
@@ -312,11 +328,17 @@ def test_kill_9_of_the_worker_during_creates_loses_no_acknowledged_record(tmp_pa
         ok = [a.json() for a in answers if a.status_code == 200]
         listed = {r["id"]: r for r in client.get("/records", params={"limit": 1000}).json()["records"]}
         assert {r["id"] for r in ok} <= set(listed)  # every acknowledged record is there
+        shas = set()
         for record in listed.values():  # and every record there is whole: both images readable
-            assert client.get(record["original_url"]).content == photo
+            original = client.get(record["original_url"])
+            assert original.status_code == 200 and Image.open(io.BytesIO(original.content)).size == (600, 400)
             processed = client.get(record["processed_url"])
             assert processed.status_code == 200 and Image.open(io.BytesIO(processed.content)).mode == "RGBA"
-        after = create(client, "after the crash", "coffee")
+            shas |= {hashlib.sha256(original.content).hexdigest(), hashlib.sha256(processed.content).hexdigest()}
+        # and no blob is left that no record names: the restarted worker released what the killed one wrote
+        on_disk = {path.name for path in Path(data_dir, "blobs").rglob("*") if path.is_file()}
+        assert on_disk == shas
+        after = create(client, "after the crash", "chelsea")
         assert after.status_code == 200, after.text
     finally:
         server.stop()
