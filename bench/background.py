@@ -10,6 +10,9 @@ In one run, on the same photos and the same machine, per model (u2netp, u2net):
   (ours) server.py with CAPABILITIES=background, POST /remove-background, multipart `file` plus form `model`.
 
 Every one of them decodes the upload and answers a PNG with alpha, so each does the same work per image.
+All three are set up first (the servers started, healthy and warmed up with every photo), then measured
+in rounds: in each round each system runs its passes in turn, the one going first rotating, so a busy
+spell of other work on the machine falls on all of them alike rather than on whichever ran then.
 Ratios printed: ours vs (b) at 8 clients (goal >= 1.5x), ours vs (a)'s better rate (goal >= 1.0x), ours vs
 (a) at 1 client, mean latency (goal <= 1.15x).
 
@@ -31,7 +34,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench import loadgen
@@ -63,22 +66,26 @@ def row(system: str, model: str, concurrency: int, latencies: list[float], secon
 
 # ---------------------------------------------------------------- (a) rembg's remove() in this process
 
-def in_process(model: str, weights: Path, corpus: dict[str, bytes], passes: dict[int, int]) -> list[dict]:
-    os.environ["U2NET_HOME"] = str(weights)  # rembg reads it when the session is made: no download
-    from rembg import new_session, remove
+class InProcess:
+    name = "rembg remove() in process"
 
-    session = new_session(model)
-    items = list(corpus.values())
-    for data in items:  # warm-up: onnxruntime's first runs, Pillow's plugins, the allocator
-        assert remove(data, session=session).startswith(PNG_MAGIC)
-    rows = []
-    for concurrency in CONCURRENCY:
-        todo = [items[i % len(items)] for i in range(len(items) * passes[concurrency])]
+    def __init__(self, model: str, weights: Path, corpus: dict[str, bytes]):
+        os.environ["U2NET_HOME"] = str(weights)  # rembg reads it when the session is made: no download
+        from rembg import new_session, remove
+
+        self.remove, self.session, self.items = remove, new_session(model), list(corpus.values())
+        for data in self.items:  # warm-up: onnxruntime's first runs, Pillow's plugins, the allocator
+            if not self.remove(data, session=self.session).startswith(PNG_MAGIC):
+                raise SystemExit("rembg's remove() did not give a PNG")
+
+    def run(self, concurrency: int, total: int) -> tuple[list[float], float, dict]:
+        """`total` calls cycling through the photos, one at a time or from `concurrency` threads."""
+        todo = [self.items[i % len(self.items)] for i in range(total)]
         latencies, lock = [], threading.Lock()
 
         def one(data):
             start = time.perf_counter()
-            remove(data, session=session)
+            self.remove(data, session=self.session)
             with lock:
                 latencies.append(time.perf_counter() - start)
 
@@ -89,8 +96,7 @@ def in_process(model: str, weights: Path, corpus: dict[str, bytes], passes: dict
         else:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 list(pool.map(one, todo))
-        rows.append(row("rembg remove() in process", model, concurrency, latencies, time.perf_counter() - start))
-    return rows
+        return latencies, time.perf_counter() - start, {200: total}
 
 
 # ---------------------------------------------------------------- (b) rembg's server, (ours) server.py
@@ -151,21 +157,23 @@ def our_env(model: str, model_dir: Path, port: int, workers: int) -> dict:
     return env
 
 
-def over_http(system: str, model: str, port: int, path: str, corpus: dict[str, bytes], passes: dict[int, int]):
-    requests = [loadgen.multipart_form_request(HOST, port, path, {"model": model}, "file", name + ".bin", data)
-                for name, data in corpus.items()]
-    status, body = asyncio.run(loadgen.exchange(HOST, port, requests[0]))
-    if status != 200 or not body.startswith(PNG_MAGIC):
-        raise SystemExit(f"{system}: {path} answered {status}: {body[:300]!r}")
-    asyncio.run(loadgen.run(HOST, port, requests, 2, len(requests)))  # warm-up: every photo once
-    rows = []
-    for concurrency in CONCURRENCY:
-        total = len(requests) * passes[concurrency]
-        result = asyncio.run(loadgen.run(HOST, port, requests, concurrency, total))
-        rows.append(row(system, model, concurrency, result.latencies, result.seconds, result.statuses))
+class OverHttp:
+    """A server answering POST `path` with multipart `file` + form `model`, loaded with pre-encoded requests."""
+
+    def __init__(self, name: str, model: str, port: int, path: str, corpus: dict[str, bytes]):
+        self.name, self.port = name, port
+        self.requests = [loadgen.multipart_form_request(HOST, port, path, {"model": model}, "file", n + ".bin", d)
+                         for n, d in corpus.items()]
+        status, body = asyncio.run(loadgen.exchange(HOST, port, self.requests[0]))
+        if status != 200 or not body.startswith(PNG_MAGIC):
+            raise SystemExit(f"{name}: {path} answered {status}: {body[:300]!r}")
+        asyncio.run(loadgen.run(HOST, port, self.requests, 2, len(self.requests)))  # warm-up: every photo once
+
+    def run(self, concurrency: int, total: int) -> tuple[list[float], float, dict]:
+        result = asyncio.run(loadgen.run(HOST, self.port, self.requests, concurrency, total))
         for status, text in result.errors:
-            print(f"        {system} {status}: {text.decode(errors='replace')}")
-    return rows
+            print(f"        {self.name} {status}: {text.decode(errors='replace')}")
+        return result.latencies, result.seconds, result.statuses
 
 
 def route_exists(port: int) -> bool:
@@ -232,8 +240,10 @@ def print_ratios(model: str, r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default u2netp,u2net)")
-    parser.add_argument("--passes", type=int, nargs=2, default=(2, 4), metavar=("C1", "C8"),
-                        help="passes over the photos at 1 and at 8 clients (default 2 4)")
+    parser.add_argument("--passes", type=int, nargs=2, default=(1, 4), metavar=("C1", "C8"),
+                        help="passes over the photos per round at 1 and at 8 clients (default 1 4)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds: each system runs its passes once per round, in turn (default 2)")
     parser.add_argument("--photos", default=",".join(PHOTOS), help="names from tests/photos.py")
     parser.add_argument("--workers", type=int, default=2, help="our WORKERS_PER_DEVICE unless set (default 2)")
     parser.add_argument("--model-dir", default=os.environ.get("MODEL_DIR") or load_settings().model_dir,
@@ -258,32 +268,44 @@ def main() -> None:
     info["onnxruntime"] = __import__("onnxruntime").__version__
     print(f"machine: {info['cores']} cores, {info['cpu']}, {info['memory_gib']} GiB; Python {info['python']}, "
           f"onnxruntime {info['onnxruntime']}; load average {info['load_average_at_start']}")
-    print(f"photos: {', '.join(corpus)} ({sum(map(len, corpus.values())) / 1e6:.1f} MB); passes {passes}")
+    print(f"photos: {', '.join(corpus)} ({sum(map(len, corpus.values())) / 1e6:.1f} MB); per round, passes "
+          f"{passes}; {args.rounds} rounds")
     print(f"\n{'system':<28} {'model':<7} {'conc':>4} {'requests':>8} {'images/s':>9} {'mean ms':>9} {'p50 ms':>9} "
           f"{'p99 ms':>9} {'non-200':>8}")
 
     rows, notes = [], []
     for model in models:
-        if "in-process" not in skip:  # first, while no server competes for the cores
-            for r in in_process(model, model_dir / "rembg", corpus, passes):
-                rows.append(r)
-                print_row(r)
-        if rembg is not None:
-            port = free_port()
-            with rembg_server(rembg, model_dir / "rembg", port):
-                for r in over_http("rembg s (its server)", model, port, "/api/remove", corpus, passes):
-                    rows.append(r)
-                    print_row(r)
-        if "ours" not in skip:
-            port = free_port()
-            with running_server(our_env(model, model_dir, port, args.workers), timeout=300.0):
-                if not route_exists(port):
+        with ExitStack() as stack:
+            systems = []
+            if "in-process" not in skip:
+                systems.append(InProcess(model, model_dir / "rembg", corpus))
+            if rembg is not None:
+                port = free_port()
+                stack.enter_context(rembg_server(rembg, model_dir / "rembg", port))
+                systems.append(OverHttp("rembg s (its server)", model, port, "/api/remove", corpus))
+            if "ours" not in skip:
+                port = free_port()
+                stack.enter_context(running_server(our_env(model, model_dir, port, args.workers), timeout=300.0))
+                if route_exists(port):
+                    systems.append(OverHttp("ours", model, port, "/remove-background", corpus))
+                else:
                     notes.append("server.py has no POST /remove-background yet: ours not measured")
                     print(f"  {notes[-1]}")
-                else:
-                    for r in over_http("ours", model, port, "/remove-background", corpus, passes):
-                        rows.append(r)
-                        print_row(r)
+            for concurrency in CONCURRENCY:
+                per_round = len(corpus) * passes[concurrency]
+                taken = {s.name: ([], 0.0, {}) for s in systems}
+                for turn in range(args.rounds):  # interleaved, each first in turn: a busy spell hits all alike
+                    for system in systems[turn % len(systems):] + systems[:turn % len(systems)]:
+                        latencies, seconds, statuses = system.run(concurrency, per_round)
+                        kept, spent, counted = taken[system.name]
+                        kept += latencies
+                        for status, count in statuses.items():
+                            counted[status] = counted.get(status, 0) + count
+                        taken[system.name] = (kept, spent + seconds, counted)
+                for system in systems:
+                    latencies, seconds, statuses = taken[system.name]
+                    rows.append(row(system.name, model, concurrency, latencies, seconds, statuses))
+                    print_row(rows[-1])
 
     summary = {model: ratios(rows, model) for model in models}
     for model in models:
