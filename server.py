@@ -17,7 +17,7 @@ from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
 from apis.identity import UserCookieMiddleware
 from apis.analyze_routes import ALIASES, PathAliasMiddleware, add_operation_routes
-from apis.background import BACKGROUND_PATHS, BackgroundAPI
+from apis.background import BACKGROUND_PATHS, BackgroundAPI, check_background_settings
 from apis.records import add_background_routes, replace_health_route
 from apis.search import SEARCH_PATHS, SearchAPI
 from apis.originals import add_original_routes
@@ -46,6 +46,8 @@ def resolve_accelerator(choice: str) -> str:
 def build_server(settings: Settings) -> ls.LitServer:
     if {"search", "background"} & set(settings.capabilities):
         check_store_settings(settings)
+    if "background" in settings.capabilities:
+        check_background_settings(settings)
     handoff = Handoff()
     status_dir = os.path.join(handoff.directory, "model-status")
     os.makedirs(status_dir, exist_ok=True)

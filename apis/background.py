@@ -73,6 +73,15 @@ class RemovalRequest:
     error: InputError | None = None  # the seed form's reading error, answered with its redirect
 
 
+def check_background_settings(settings) -> None:
+    """Start-up: the default model must be one the workers load, or every request without `model` is a 503."""
+    from settings import SettingsError
+
+    if settings.background_model not in settings.background_models:
+        raise SettingsError(f"BACKGROUND_MODEL={settings.background_model!r}: not among BACKGROUND_MODELS "
+                            f"({','.join(settings.background_models)}), the models the workers load")
+
+
 # ---------------------------------------------------------------- reading options, in the HTTP process
 
 def _flag(fields: dict, name: str) -> bool:
