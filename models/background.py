@@ -9,9 +9,11 @@ rembg's own `remove` cuts it out (alpha matting, decontamination, background col
 re-implemented here. `crop` is ours, applied last.
 
 Batching: a U²-Net graph takes a fixed [1, 3, 320, 320]. Its batch axis can be made dynamic (dim 0 of
-the inputs and outputs renamed, `onnx.checker` passes) and a batch of 8 gives outputs bit-identical to
-8 single runs; on a 2-core CPU it is no faster (bench/README.md), so on the CPU images run one by one
-and the batched graph is used on an accelerator (`batch_on_cpu` switches it on for measurements).
+the inputs and outputs renamed, `onnx.checker` passes), and a batch gives outputs bit-identical to single
+runs. On a 2-core CPU a batch of 8 costs the same or less CPU time than 8 single runs (u2netp 3.4 s
+against 3.6 s on one thread, 3.7 s against 4.4 s on two; bench/README.md), so a U²-Net model runs its
+batch as one call wherever it runs; the other graphs (IS-Net, BiRefNet) run image by image.
+`batch_axis = False` on an instance, before `load`, runs a U²-Net image by image too (for measurements).
 
 Differences from calling `rembg.remove` on the same Pillow image, both on purpose: the images come from
 our decoder already upright, and an image that still carries an EXIF orientation (a PNG's text-chunk
@@ -187,8 +189,8 @@ class BackgroundRemover(ImageModel):
     kind = "segmenter"
     session_name: ClassVar[str]  # rembg's session (rembg.sessions.sessions), also the graph's name in weights
     reads = ("MODEL_DIR", "ALLOW_DOWNLOADS")
-    batchable: ClassVar[bool] = False  # whether the graph may be given a dynamic batch axis (measured, U²-Net)
-    batch_on_cpu: bool = False  # run batches through the batched graph on the CPU too (slower there: see above)
+    batchable: ClassVar[bool] = False  # whether the graph may be given a dynamic batch axis (checked: U²-Net)
+    batch_axis: bool = True  # use it when the graph may have it (False: image by image, for measurements)
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -207,9 +209,7 @@ class BackgroundRemover(ImageModel):
             raise ModelUnavailable(f"rembg is not installed ({exc}): pip install 'rembg[cpu]==2.0.86'") from None
         path = self.weights_path()
         providers = providers_for(device)
-        graph = None
-        if self.batchable and (self.batch_on_cpu or providers[0] != "CPUExecutionProvider"):
-            graph = with_batch_axis(path)
+        graph = with_batch_axis(path) if self.batchable and self.batch_axis else None
         try:
             inner = ort.InferenceSession(graph if graph is not None else str(path), session_options(self.settings),
                                          providers=providers)
