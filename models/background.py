@@ -10,9 +10,10 @@ re-implemented here. `crop` is ours, applied last.
 
 Batching: a U²-Net graph takes a fixed [1, 3, 320, 320]. Its batch axis can be made dynamic (dim 0 of
 the inputs and outputs renamed, `onnx.checker` passes), and a batch gives outputs bit-identical to single
-runs. On a 2-core CPU a batch of 8 costs the same or less CPU time than 8 single runs (u2netp 3.4 s
-against 3.6 s on one thread, 3.7 s against 4.4 s on two; bench/README.md), so a U²-Net model runs its
-batch as one call wherever it runs; the other graphs (IS-Net, BiRefNet) run image by image.
+runs. On a 2-core CPU a batch of 8 takes as long as 8 single runs (u2netp on 2 threads, quiet machine:
+1.86 s against 1.87 s) and never more CPU time (bench/README.md has the figures), and an accelerator
+gains from it, so a U²-Net model runs its batch as one call wherever it runs; the other graphs (IS-Net,
+BiRefNet) run image by image.
 `batch_axis = False` on an instance, before `load`, runs a U²-Net image by image too (for measurements).
 
 Differences from calling `rembg.remove` on the same Pillow image, both on purpose: the images come from
