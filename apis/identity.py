@@ -19,7 +19,10 @@
   DELETE is refused 403 when the browser says it comes from another site (`Sec-Fetch-Site: cross-site`),
   or when it carries an `Origin` other than this server's own (scheme://host[:port], from the Host
   header), "null" included. A client that sends neither header (curl, client.py) is let through: it is
-  not a browser being driven by another site.
+  not a browser being driven by another site. Behind a reverse proxy, the proxy must pass the Host the
+  browser used (nginx: `proxy_set_header Host $host`) and the scheme in X-Forwarded-Proto (uvicorn
+  takes it from a proxy in FORWARDED_ALLOW_IPS, 127.0.0.1 by default), or the browser's own Origin will
+  not match and its writes are refused.
 
 The key: SECRET_KEY when set (every server sharing a cookie must share it); else 32 random bytes generated
 once into DATA_DIR/secret_key (mode 0600) and read by every process. The file is written complete under a
