@@ -56,7 +56,7 @@ def check_gallery_text(what: str, value, longest: int) -> str:
 
 
 def check_sha256(what: str, value) -> str:
-    if not isinstance(value, str) or not SHA256.match(value):
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
         raise ValueError(f"{what} is 64 lowercase hex digits (a SHA-256), not {value!r}")
     return value
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from atomic_files import write_atomically
 
 # a SHA-256 as the store and the API name one: 64 lowercase hex digits
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256 = re.compile(r"[0-9a-f]{64}")  # use fullmatch: "$" would also let a trailing newline through
 
 
 class BlobStore:
@@ -21,7 +21,7 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
-        if not SHA256.match(sha):  # the name becomes a file path: never let "../" or a slash through
+        if not SHA256.fullmatch(sha):  # the name becomes a file path: never let "../" or a slash through
             raise ValueError(f"not a lowercase hex SHA-256: {sha!r}")
         return self.root / sha[:2] / sha[2:4] / sha
 

@@ -130,7 +130,8 @@ def test_a_second_store_on_the_same_place_sees_the_gallery(store_factory):
 
 @pytest.mark.parametrize("bad", [
     {"user": ""}, {"user": "   "}, {"user": None}, {"name": ""}, {"name": "x" * (GALLERY_NAME_MAX + 1)},
-    {"original": "abc"}, {"original": ORIGINAL.upper()}, {"processed": ORIGINAL + "0"}, {"limit": 0},
+    {"original": "abc"}, {"original": ORIGINAL.upper()}, {"processed": ORIGINAL + "0"}, {"original": ORIGINAL + "\n"},
+    {"limit": 0},
     {"limit": "3"},
 ])
 def test_bad_input_is_a_value_error_and_stores_nothing(store, bad):
@@ -179,3 +180,12 @@ def test_sqlite_acknowledged_gallery_add_survives_kill_9(tmp_path):
     store = SQLiteStore(tmp_path / "db")
     assert [r.name for r in store.gallery_list("alice")] == [f"n{i}" for i in reversed(range(5))]
     store.close()
+
+
+def test_a_blob_name_is_exactly_64_hex_digits(tmp_path):
+    """The name becomes a path: a trailing newline (which a "$" pattern lets through) is refused too."""
+    blobs = BlobStore(tmp_path / "blobs")
+    for bad in ("a" * 64 + "\n", "../" + "a" * 61, "A" * 64, "a" * 63):
+        with pytest.raises(ValueError):
+            blobs.path(bad)
+    assert blobs.path("a" * 64).name == "a" * 64
