@@ -36,7 +36,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from apis.base import ImageAPI, ServerFault, error_response
-from apis.handoff import Blob
+from apis.handoff import Blob, ReadBlob
 from apis.request_body import _SCHEME, Upload, as_http_error, image_bytes, load_json, read_fields, shown
 from errors import InputError
 from settings import truth
@@ -273,14 +273,6 @@ async def read_removal_request(request: Request):
 
 # ---------------------------------------------------------------- the workers
 
-@dataclass(frozen=True)
-class _Bytes:
-    data: bytes
-
-    def read(self) -> bytes:
-        return self.data
-
-
 @dataclass
 class _Job:
     request: RemovalRequest
@@ -336,7 +328,7 @@ class BackgroundAPI(ImageAPI):
             data = request.image.read()
         except InputError as exc:
             return exc
-        decoded = self.decode(_Bytes(data))
+        decoded = self.decode(ReadBlob(data))
         if isinstance(decoded, InputError):
             return decoded
         return _Job(request, decoded.image, data if request.kind in ("record", "seed") else None)

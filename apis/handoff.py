@@ -51,6 +51,17 @@ class Blob:
             raise InputError(400, "the upload was discarded before it was processed (request ended)") from None
 
 
+@dataclass(frozen=True)
+class ReadBlob:
+    """A blob whose bytes a worker has already read (it keeps them, e.g. to store the original), with
+    Blob's read(): the decoder's input."""
+
+    data: bytes
+
+    def read(self) -> bytes:
+        return self.data
+
+
 class Handoff:
     """A private folder in /dev/shm (or the temp dir) holding the bodies of requests in flight.
 

@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from apis.base import ImageAPI, ServerFault, log
+from apis.handoff import ReadBlob
 from apis.match import AddRequest, CompareRequest, SearchRequest, envelope, fail, image_url, read_add, read_compare
 from apis.match import read_search
 from apis.request_body import as_http_error, read_fields
@@ -53,16 +54,6 @@ async def read_search_request(request: Request):
     with ExitStack() as held:
         blobs = {name: held.enter_context(handoff.hold(data)) for name, data in images.items()}
         yield replace(parsed, **blobs)
-
-
-@dataclass(frozen=True)
-class _Bytes:
-    """Bytes already read, with the Blob's read() (the decoder's input)."""
-
-    data: bytes
-
-    def read(self) -> bytes:
-        return self.data
 
 
 @dataclass
@@ -102,7 +93,7 @@ class SearchAPI(ImageAPI):
                 data = request.image.read()
             except InputError as exc:
                 return exc
-            decoded = self.decode(_Bytes(data))
+            decoded = self.decode(ReadBlob(data))
             return decoded if isinstance(decoded, InputError) else _Job(request, [decoded.image], data)
         blobs = [request.image1, request.image2] if isinstance(request, CompareRequest) else [request.image]
         images = []

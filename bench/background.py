@@ -25,11 +25,9 @@ import asyncio
 import datetime
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -38,7 +36,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench import loadgen
-from bench.serve import HOST, ROOT, free_port, machine, running_server
+from bench.serve import HOST, ROOT, free_port, machine, running_process, running_server
 from settings import VARIABLES, load_settings
 from tests import photos
 
@@ -114,36 +112,19 @@ def ensure_rembg_venv(venv: Path) -> Path:
 def rembg_server(rembg: Path, weights: Path, port: int, timeout: float = 120.0):
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     env["U2NET_HOME"] = str(weights)
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([str(rembg), "s", "--host", HOST, "--port", str(port), "--no-ui"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/api", timeout=2):
-                    break
-            except urllib.error.HTTPError:  # answering, whatever it says about /api
-                break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"rembg s did not start:\n{log.read()[-3000:].decode(errors='replace')}")
-            time.sleep(0.25)
+
+    def answering() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/api", timeout=2):
+                return True
+        except urllib.error.HTTPError:  # answering, whatever it says about /api
+            return True
+        except OSError:
+            return False
+
+    command = [str(rembg), "s", "--host", HOST, "--port", str(port), "--no-ui"]
+    with running_process(command, env, answering, "rembg s", timeout, group_term=True) as proc:
         yield proc
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        log.close()
 
 
 def our_env(model: str, model_dir: Path, port: int, workers: int) -> dict:

@@ -38,31 +38,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(env: dict, timeout: float = 300.0):
-    """server.py with `env` (PORT and HOST included), yielding its Popen once GET /health answers Healthy.
-
-    Stopped with SIGTERM, which server.py turns into LitServe's graceful shutdown (workers stopped, its
-    /dev/shm folder removed), then SIGKILL to whatever is left of its process group."""
+def running_process(command: list, env: dict, ready, what: str, timeout: float, *, group_term: bool = False):
+    """`command` in its own process group, yielding its Popen once `ready()` is true (exit with its log if it
+    dies or `timeout` passes first). Stopped with SIGTERM (to the process, or its whole group when
+    `group_term`), then SIGKILL to whatever is left of the group."""
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{env['HOST']}:{env['PORT']}/health", timeout=2) as response:
-                    if response.read() == b'{"status":"Healthy"}':
-                        break
-            except OSError:  # not listening yet
-                pass
+        while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                sys.exit(f"server.py did not become healthy:\n{log.read()[-3000:].decode(errors='replace')}")
+                sys.exit(f"{what} did not start:\n{log.read()[-3000:].decode(errors='replace')}")
             time.sleep(0.25)
         yield proc
     finally:
         try:
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM) if group_term else proc.send_signal(signal.SIGTERM)
             proc.wait(20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
@@ -72,3 +64,19 @@ def running_server(env: dict, timeout: float = 300.0):
             pass
         proc.wait()
         log.close()
+
+
+@contextmanager
+def running_server(env: dict, timeout: float = 300.0):
+    """server.py with `env` (PORT and HOST included), yielding its Popen once GET /health answers Healthy.
+
+    SIGTERM makes server.py take LitServe's graceful shutdown (workers stopped, its /dev/shm folder removed)."""
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{env['HOST']}:{env['PORT']}/health", timeout=2) as response:
+                return response.read() == b'{"status":"Healthy"}'
+        except OSError:  # not listening yet
+            return False
+
+    with running_process([sys.executable, "server.py"], env, healthy, "server.py", timeout) as proc:
+        yield proc

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from PIL import Image
 
 from tests import photos
 from tests.conftest import start_server
+from tests.test_workers import worker_pids
 
 SESSION = "u2netp"
 WEIGHTS_HOME = Path(os.environ.get("IMAGESERVER_TEST_MODEL_DIR", Path.home() / ".cache" / "imageserver-test"))
@@ -251,17 +251,6 @@ def test_the_server_logged_no_500(rec_process):
 
 
 # ---------------------------------------------------------------- a crash mid-create
-
-def worker_pids(server_pid: int) -> set[int]:
-    found = set()
-    for child in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if any("spawn_main" in part for part in child.cmdline()):
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
 
 def test_kill_9_of_the_worker_during_creates_loses_no_acknowledged_record(tmp_path_factory, server_logs, cache_dir,
                                                                            weights_dir):
