@@ -48,6 +48,19 @@ class ClientError(Exception):
     """Anything that ends the command: its message is the one line the user sees."""
 
 
+def finish_run(summary: dict, interrupted: bool, failed: dict, total: int, kept: str) -> dict:
+    """The end of a run over many images: on a failure or Ctrl+C the summary is printed before the one-line
+    error (exit 1); what was `kept` (added, written) stays, and the same command again goes on from there."""
+    if interrupted or failed:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if interrupted:
+        raise ClientError(f"interrupted: what is {kept} stays; the same command again skips it and goes on")
+    if failed:
+        raise ClientError(f"{len(failed)} of {total} images failed (see above)")
+    return summary
+
+
 def default_url() -> str:
     return os.environ.get("IMAGESERVER_URL") or f"http://127.0.0.1:{os.environ.get('PORT', '8010')}"
 
@@ -338,14 +351,7 @@ def cmd_index(client: httpx.Client, args) -> dict:
         pool.shutdown(wait=True, cancel_futures=True)
     with lock:
         summary = {**counts, "failed": dict(sorted(failed.items()))}
-    if interrupted or failed:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    if interrupted:
-        raise ClientError("interrupted: what is added stays; the same command again skips it and goes on")
-    if failed:
-        raise ClientError(f"{len(failed)} of {len(files) - counts['ignored']} images failed (see above)")
-    return summary
+    return finish_run(summary, interrupted, failed, len(files) - counts["ignored"], "added")
 
 
 # ---------------------------------------------------------------- background removal and the gallery records
@@ -456,14 +462,7 @@ def cmd_remove_bg(client: httpx.Client, args) -> dict:
     with lock:
         summary = {"written": written, "skipped_existing": len(pairs) - len(todo), "ignored": ignored,
                    "output_dir": str(output_dir), "failed": dict(sorted(failed.items()))}
-    if interrupted or failed:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    if interrupted:
-        raise ClientError("interrupted: what is written stays; the same command again skips it and goes on")
-    if failed:
-        raise ClientError(f"{len(failed)} of {len(todo)} images failed (see above)")
-    return summary
+    return finish_run(summary, interrupted, failed, len(todo), "written")
 
 
 def default_cookie_file() -> str:
