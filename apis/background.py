@@ -37,9 +37,8 @@ from fastapi.responses import JSONResponse, Response
 
 from apis.base import ImageAPI, ServerFault, error_response
 from apis.handoff import Blob, ReadBlob
-from apis.request_body import _SCHEME, Upload, as_http_error, image_bytes, load_json, read_fields, shown
+from apis.request_body import _SCHEME, Upload, as_http_error, image_bytes, load_json, read_fields, shown, yes_no
 from errors import InputError
-from settings import truth
 from store.base import GALLERY_NAME_MAX, GalleryFull, StoreError
 
 log = logging.getLogger("imageserver")
@@ -86,14 +85,7 @@ def check_background_settings(settings) -> None:
 
 def _flag(fields: dict, name: str) -> bool:
     value = fields.get(name)
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    parsed = truth(value) if isinstance(value, str) else None
-    if parsed is None:
-        raise InputError(422, f"{name} must be true or false, not {shown(value)}")
-    return parsed
+    return False if value is None else yes_no(value, name, 422)
 
 
 def _number(fields: dict, name: str, default: int, low: int, high: int) -> int:

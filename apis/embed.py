@@ -14,10 +14,9 @@ from apis.analyze import image_field
 from apis.base import ImageAPI, ServerFault, error_response
 from apis.handoff import Blob
 from apis.model_status import write_counters, write_statuses
-from apis.request_body import as_http_error, image_bytes, read_fields, shown
+from apis.request_body import as_http_error, image_bytes, read_fields, shown, yes_no
 from errors import InputError
 from models.catalogue import embedders, names, run_grouped
-from settings import truth
 
 DEFAULT_MODEL = "clip_vit_b_32"
 # A large JPEG is decoded in draft mode (1/2, 1/4 or 1/8 scale) down to twice the model's input side,
@@ -45,11 +44,7 @@ def _model_name(value) -> str:
 
 
 def _flag(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and (not value.strip() or truth(value) is not None):
-        return bool(value.strip()) and truth(value)  # an empty form field is the default, false
-    raise InputError(422, f"normalize must be true or false, not {shown(value)}")
+    return yes_no(value, "normalize", 422, blank=False)  # an empty form field is the default, false
 
 
 async def read_embed_request(request: Request):

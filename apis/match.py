@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from apis.handoff import Blob
-from apis.request_body import image_bytes, load_json, shown
+from apis.request_body import image_bytes, load_json, shown, yes_no
 from errors import InputError
-from settings import truth
 
 # path -> the envelope's "method"; every near-duplicate path answers errors in the envelope too
 MATCH_METHODS = {"/add": "add", "/delete": "delete", "/search": "search", "/compare": "compare",
@@ -98,13 +97,7 @@ def text_field(fields: dict, name: str, required: bool = False) -> str | None:
 
 def flag(fields: dict, name: str, default: bool) -> bool:
     value = fields.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and truth(value) is not None:
-        return truth(value)
-    raise InputError(400, f"field '{name}' must be true or false, not {shown(value)}")
+    return default if value is None else yes_no(value, f"field '{name}'", 400)
 
 
 def integer(fields: dict, name: str, default: int) -> int:

@@ -20,6 +20,7 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from errors import InputError
+from settings import truth
 from images.fetch import fetch_url
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -146,6 +147,19 @@ def shown(value) -> str:
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)[:40]
     return "a file" if isinstance(value, Upload) else f"a JSON {_JSON_KINDS.get(type(value), type(value).__name__)}"
+
+
+def yes_no(value, what: str, status: int, blank: bool | None = None) -> bool:
+    """A client's true or false: a JSON boolean, or text among settings' TRUE_WORDS and FALSE_WORDS. `blank`
+    answers an empty form field (None: it is refused like any other word)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if blank is not None and not value.strip():
+            return blank
+        if truth(value) is not None:
+            return truth(value)
+    raise InputError(status, f"{what} must be true or false, not {shown(value)}")
 
 
 _JSON_KINDS = {dict: "object", list: "array"}
