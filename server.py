@@ -26,7 +26,7 @@ from apis.search_routes import add_search_routes
 from apis.serving import ImageServer, RequestClock
 from apis.stats import StatsAPI
 from settings import Settings, SettingsError, load_settings
-from store.open import check_store_settings
+from store.open import PerProcess, check_store_settings
 
 
 def resolve_accelerator(choice: str) -> str:
@@ -91,6 +91,8 @@ def build_server(settings: Settings) -> ls.LitServer:
     install_error_handlers(server.app)  # every route's errors in its own shape, whatever the capabilities
     if {"analyze", "embed"} & set(settings.capabilities):
         add_operation_routes(server.app, status_dir, apis[0].authorize)
+    if {"search", "background"} & set(settings.capabilities):
+        server.app.state.library = PerProcess(settings)  # the index and originals, opened on first use
     if "search" in settings.capabilities:
         add_search_routes(server.app, settings, apis[0].authorize)
         add_original_routes(server.app, apis[0].authorize)

@@ -112,3 +112,14 @@ class ImageAPI(ls.LitAPI):
                 log.exception("%s failed on one item", type(self).__name__)
                 out.append(ServerFault(repr(exc)))
         return out
+
+
+def share_route(app, source: str, routes) -> None:
+    """Serve the LitAPI route LitServe registered at `source` under more (path, method, in the schema)
+    routes too: one queue and one pool of workers for every path a capability's workers answer."""
+    from fastapi.routing import APIRoute
+
+    route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == source)
+    for path, method, in_schema in routes:
+        app.add_api_route(path, route.endpoint, methods=[method], dependencies=route.dependencies,
+                          include_in_schema=in_schema)

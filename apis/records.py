@@ -18,22 +18,21 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from apis.background import API_PATH, REMBG_PATH, RECORDS_PATH, SEED_PATH, record_json, record_name
+from apis.background import API_PATH, RECORDS_PATH, REMBG_PATH, SEED_PATH, record_json, record_name
+from apis.base import share_route
 from apis.request_body import load_json, shown
 from errors import InputError
 from store.base import StoreError
-from store.open import PerProcess
 
 LIST_MAX = 1000  # records in one GET /records answer
 _PRIVATE = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 def add_background_routes(app: FastAPI, settings, auth) -> None:
-    """The worker route's other paths and the record routes; app.state.gallery is this process's library."""
-    app.state.gallery = PerProcess(settings)
-    route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == API_PATH)
-    for path, method in ((REMBG_PATH, "POST"), (REMBG_PATH, "GET"), (RECORDS_PATH, "POST"), (SEED_PATH, "POST")):
-        app.add_api_route(path, route.endpoint, methods=[method], dependencies=route.dependencies)
+    """The worker route's other paths and the record routes, on app.state.library (server.py: one library
+    per HTTP process)."""
+    share_route(app, API_PATH, [(REMBG_PATH, "POST", True), (REMBG_PATH, "GET", True), (RECORDS_PATH, "POST", True),
+                                (SEED_PATH, "POST", True)])
     _add_record_routes(app, settings, auth)
 
 
@@ -43,7 +42,7 @@ def _not_found(record_id: str) -> JSONResponse:
 
 
 async def _library(request: Request):
-    return await run_in_threadpool(request.app.state.gallery.get)
+    return await run_in_threadpool(request.app.state.library.get)
 
 
 async def _store_call(request: Request, fn):

@@ -11,33 +11,23 @@
 """
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
+from apis.base import share_route
 from apis.match import MATCH_METHODS, envelope, fail, filepath_field, image_url, list_window
 from apis.request_body import read_fields
 from apis.search import SEARCH_PATHS
 from errors import InputError
 from store.base import StoreError
-from store.open import PerProcess
 
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def add_search_routes(app: FastAPI, settings, auth) -> None:
-    """The worker route's other paths and the store routes; app.state.library is this process's library."""
-    app.state.library = PerProcess(settings)
-    _share_worker_route(app)
+    """The worker route's other paths (LitServe registered it at /add) and the store routes, on
+    app.state.library (server.py: one library per HTTP process)."""
+    share_route(app, "/add", [(path, "POST", path != "/find_similar") for path in SEARCH_PATHS if path != "/add"])
     _add_store_routes(app, auth)
-
-
-def _share_worker_route(app: FastAPI) -> None:
-    """Serve the LitAPI's route (LitServe registered it at /add) under the other paths it handles."""
-    route = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == "/add")
-    for path in SEARCH_PATHS:
-        if path != "/add":
-            app.add_api_route(path, route.endpoint, methods=["POST"], dependencies=route.dependencies,
-                              include_in_schema=path != "/find_similar")
 
 
 async def _fields(request: Request) -> dict:
