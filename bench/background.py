@@ -14,7 +14,10 @@ All three are set up first (the servers started, healthy and warmed up with ever
 in rounds: in each round each system runs its passes in turn, the one going first rotating, so a busy
 spell of other work on the machine falls on all of them alike rather than on whichever ran then.
 Ratios printed: ours vs (b) at 8 clients (goal >= 1.5x), ours vs (a)'s better rate (goal >= 1.0x), ours vs
-(a) at 1 client, mean latency (goal <= 1.15x).
+(a) at 1 client, mean latency (goal <= 1.15x). Each row also gives the CPU seconds the system's own
+processes spent per image (the server's process tree; for (a) this process while it ran): unlike
+images/s, it hardly moves when other work shares the cores, and on a machine of its own a system
+saturates at about cores / (CPU seconds per image).
 
 Run from the repository root: `.venv/bin/python -m bench.background` (`make bench-background`). The rembg
 virtual environment is made once in /tmp/rembg-venv (`--rembg-venv`) if it is missing. See bench/README.md.
@@ -49,8 +52,23 @@ GOAL_VS_REMBG_SERVER, GOAL_VS_IN_PROCESS, GOAL_LATENCY_VS_IN_PROCESS = 1.5, 1.0,
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (a server and its workers)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def row(system: str, model: str, concurrency: int, latencies: list[float], seconds: float,
-        statuses: dict | None = None) -> dict:
+        statuses: dict | None = None, cpu_seconds: float | None = None) -> dict:
     ordered = sorted(latencies)
 
     def pct(p):
@@ -59,6 +77,7 @@ def row(system: str, model: str, concurrency: int, latencies: list[float], secon
     return {"system": system, "model": model, "concurrency": concurrency, "requests": len(latencies),
             "images_per_s": len(latencies) / seconds, "mean_ms": statistics.fmean(latencies) * 1000,
             "p50_ms": pct(50), "p99_ms": pct(99), "statuses": statuses or {200: len(latencies)},
+            "cpu_s_per_image": None if cpu_seconds is None else cpu_seconds / len(latencies),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -72,6 +91,7 @@ class InProcess:
         from rembg import new_session, remove
 
         self.remove, self.session, self.items = remove, new_session(model), list(corpus.values())
+        self.cpu_seconds = time.process_time  # this process: nothing else runs in it during run()
         for data in self.items:  # warm-up: onnxruntime's first runs, Pillow's plugins, the allocator
             if not self.remove(data, session=self.session).startswith(PNG_MAGIC):
                 raise SystemExit("rembg's remove() did not give a PNG")
@@ -141,8 +161,9 @@ def our_env(model: str, model_dir: Path, port: int, workers: int) -> dict:
 class OverHttp:
     """A server answering POST `path` with multipart `file` + form `model`, loaded with pre-encoded requests."""
 
-    def __init__(self, name: str, model: str, port: int, path: str, corpus: dict[str, bytes]):
+    def __init__(self, name: str, model: str, port: int, path: str, corpus: dict[str, bytes], pid: int):
         self.name, self.port = name, port
+        self.cpu_seconds = lambda: tree_cpu_seconds(pid)  # the server's processes, not this load generator
         self.requests = [loadgen.multipart_form_request(HOST, port, path, {"model": model}, "file", n + ".bin", d)
                          for n, d in corpus.items()]
         status, body = asyncio.run(loadgen.exchange(HOST, port, self.requests[0]))
@@ -174,7 +195,8 @@ def route_exists(port: int) -> bool:
 def print_row(r: dict) -> None:
     bad = sum(v for k, v in r["statuses"].items() if int(k) != 200)
     print(f"{r['system']:<28} {r['model']:<7} {r['concurrency']:>4} {r['requests']:>8} {r['images_per_s']:>9.2f} "
-          f"{r['mean_ms']:>9.0f} {r['p50_ms']:>9.0f} {r['p99_ms']:>9.0f} {bad:>8}  load {r['load_average'][0]}",
+          f"{r['mean_ms']:>9.0f} {r['p50_ms']:>9.0f} {r['p99_ms']:>9.0f} {r['cpu_s_per_image']:>9.3f} {bad:>8}  "
+          f"load {r['load_average'][0]}",
           flush=True)
 
 
@@ -190,6 +212,12 @@ def ratios(rows: list[dict], model: str) -> dict:
         best = max(a1["images_per_s"], a8["images_per_s"])
         out["ours_vs_in_process_c8"] = ours8["images_per_s"] / best
         out["in_process_best_images_per_s"] = best
+    server1 = get.get(("rembg s (its server)", 1))
+    for concurrency, (ours, others) in {1: (ours1, {"in_process": a1, "rembg_server": server1}),
+                                        8: (ours8, {"in_process": a8, "rembg_server": server8})}.items():
+        for name, other in others.items():
+            if ours and other and ours.get("cpu_s_per_image") and other.get("cpu_s_per_image"):
+                out[f"ours_cpu_per_image_vs_{name}_c{concurrency}"] = ours["cpu_s_per_image"] / other["cpu_s_per_image"]
     if ours1 and a1:
         out["ours_vs_in_process_latency_c1"] = ours1["mean_ms"] / a1["mean_ms"]
         out["ours_vs_in_process_p50_c1"] = ours1["p50_ms"] / a1["p50_ms"]
@@ -214,6 +242,8 @@ def print_ratios(model: str, r: dict) -> None:
         print(f"  ours / in-process remove(), mean latency at 1 client: {v:.2f}x (p50 "
               f"{r['ours_vs_in_process_p50_c1']:.2f}x) (goal <= {GOAL_LATENCY_VS_IN_PROCESS}x: "
               f"{verdict(v <= GOAL_LATENCY_VS_IN_PROCESS)})")
+    for key in sorted(k for k in r if k.startswith("ours_cpu_per_image_vs_")):
+        print(f"  ours / {key[len('ours_cpu_per_image_vs_'):].replace('_', ' ')}, CPU seconds per image: {r[key]:.2f}x")
     if not r:
         print("  none: a part did not run")
 
@@ -252,7 +282,7 @@ def main() -> None:
     print(f"photos: {', '.join(corpus)} ({sum(map(len, corpus.values())) / 1e6:.1f} MB); per round, passes "
           f"{passes}; {args.rounds} rounds")
     print(f"\n{'system':<28} {'model':<7} {'conc':>4} {'requests':>8} {'images/s':>9} {'mean ms':>9} {'p50 ms':>9} "
-          f"{'p99 ms':>9} {'non-200':>8}")
+          f"{'p99 ms':>9} {'cpu s/img':>9} {'non-200':>8}")
 
     rows, notes = [], []
     for model in models:
@@ -262,30 +292,33 @@ def main() -> None:
                 systems.append(InProcess(model, model_dir / "rembg", corpus))
             if rembg is not None:
                 port = free_port()
-                stack.enter_context(rembg_server(rembg, model_dir / "rembg", port))
-                systems.append(OverHttp("rembg s (its server)", model, port, "/api/remove", corpus))
+                proc = stack.enter_context(rembg_server(rembg, model_dir / "rembg", port))
+                systems.append(OverHttp("rembg s (its server)", model, port, "/api/remove", corpus, proc.pid))
             if "ours" not in skip:
                 port = free_port()
-                stack.enter_context(running_server(our_env(model, model_dir, port, args.workers), timeout=300.0))
+                proc = stack.enter_context(running_server(our_env(model, model_dir, port, args.workers),
+                                                          timeout=300.0))
                 if route_exists(port):
-                    systems.append(OverHttp("ours", model, port, "/remove-background", corpus))
+                    systems.append(OverHttp("ours", model, port, "/remove-background", corpus, proc.pid))
                 else:
                     notes.append("server.py has no POST /remove-background yet: ours not measured")
                     print(f"  {notes[-1]}")
             for concurrency in CONCURRENCY:
                 per_round = len(corpus) * passes[concurrency]
-                taken = {s.name: ([], 0.0, {}) for s in systems}
+                taken = {s.name: ([], 0.0, {}, 0.0) for s in systems}
                 for turn in range(args.rounds):  # interleaved, each first in turn: a busy spell hits all alike
                     for system in systems[turn % len(systems):] + systems[:turn % len(systems)]:
+                        cpu_before = system.cpu_seconds()
                         latencies, seconds, statuses = system.run(concurrency, per_round)
-                        kept, spent, counted = taken[system.name]
+                        cpu = system.cpu_seconds() - cpu_before
+                        kept, spent, counted, cpu_spent = taken[system.name]
                         kept += latencies
                         for status, count in statuses.items():
                             counted[status] = counted.get(status, 0) + count
-                        taken[system.name] = (kept, spent + seconds, counted)
+                        taken[system.name] = (kept, spent + seconds, counted, cpu_spent + cpu)
                 for system in systems:
-                    latencies, seconds, statuses = taken[system.name]
-                    rows.append(row(system.name, model, concurrency, latencies, seconds, statuses))
+                    latencies, seconds, statuses, cpu = taken[system.name]
+                    rows.append(row(system.name, model, concurrency, latencies, seconds, statuses, cpu))
                     print_row(rows[-1])
 
     summary = {model: ratios(rows, model) for model in models}
