@@ -1,6 +1,5 @@
 """One LitServe server hosting every capability's LitAPI. Configuration: environment variables (README)."""
 
-import logging
 import os
 import shutil
 import signal
@@ -15,6 +14,7 @@ from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
 from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
+from apis.metrics import HttpMetrics, add_metrics_route
 from apis.identity import UserCookieMiddleware
 from apis.analyze_routes import ALIASES, PathAliasMiddleware, add_operation_routes
 from apis.background import BACKGROUND_PATHS, BackgroundAPI, check_background_settings
@@ -27,6 +27,7 @@ from apis.serving import ImageServer, RequestClock
 from apis.stats import StatsAPI
 from settings import Settings, SettingsError, load_settings
 from store.open import PerProcess, check_store_settings
+from telemetry import logs, metrics
 
 
 def resolve_accelerator(choice: str) -> str:
@@ -59,6 +60,8 @@ def build_server(settings: Settings) -> ls.LitServer:
         "background": lambda: BackgroundAPI(settings),
     }
     apis = [available[name]() for name in settings.capabilities]
+    for name, api in zip(settings.capabilities, apis):
+        api.capability = name  # the label of its metrics
     queue_limits = {api.api_path: (getattr(settings, f"{name}_max_queue"), f"{name.upper()}_MAX_QUEUE")
                     for name, api in zip(settings.capabilities, apis)}
     server = ImageServer(
@@ -81,9 +84,11 @@ def build_server(settings: Settings) -> ls.LitServer:
             # anything inside is answered as JSON, and every answer carries its request id
             (ApiKeyMiddleware, {"api_key": settings.api_key, "public_routes": settings.public_routes}),
             UnforeseenErrorMiddleware,
+            (HttpMetrics, {"aliases": ALIASES}),  # inside the request id: its access line names the request
             RequestIdMiddleware,
             RequestClock,
         ],
+        callbacks=[logs.WorkerLogging(settings.log_level, settings.log_format)],
     )
     # read by the request-body dependencies in the HTTP processes
     server.app.state.settings = settings
@@ -101,6 +106,8 @@ def build_server(settings: Settings) -> ls.LitServer:
         background = apis[settings.capabilities.index("background")]
         add_background_routes(server.app, settings, background.authorize)
     replace_health_route(server.app)  # {"status": "Healthy"} once the workers are ready
+    if settings.metrics:
+        add_metrics_route(server.app, server, {api.api_path: api.capability for api in apis})
     return server
 
 
@@ -130,7 +137,10 @@ def main() -> None:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.metrics:  # before any worker or HTTP process starts: they inherit it (telemetry/metrics.py)
+        metrics.enable(os.path.join(server.app.state.handoff.directory, "metrics"))
+        metrics.start(settings.capabilities)
     shutdown_on_sigterm()
     try:
         server.run(
@@ -139,6 +149,10 @@ def main() -> None:
             num_api_servers=settings.num_api_servers,
             log_level=settings.log_level.lower(),
             generate_client_file=False,
+            # uvicorn's lines through our handler (log_config=None: no dictConfig of its own); the access
+            # line is apis/metrics.py's, with the request id and the time taken
+            log_config=None,
+            access_log=False,
         )
     finally:
         server.app.state.handoff.close()

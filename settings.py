@@ -16,6 +16,7 @@ from images.fetch import FetchPolicy, parse_networks
 AVERAGING_METHODS = ("arithmetic", "geometric", "harmonic")
 ACCELERATORS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 CAPABILITIES = ("stats", "analyze", "embed", "search", "background")
 STORE_BACKENDS = ("sqlite", "elasticsearch")
 REFRESH_POLICIES = ("wait_for", "true", "false")
@@ -191,6 +192,8 @@ class Settings:
     port: int = 8010
     host: str = "0.0.0.0"
     log_level: str = "INFO"
+    log_format: str = "text"  # text, or json: one JSON object per line (telemetry/logs.py)
+    metrics: bool = True  # GET /metrics (telemetry/metrics.py, apis/metrics.py)
     num_api_servers: int = 1
     workers_per_device: int = 1
     torch_threads: int = 0  # 0: cores // workers_per_device (models/runtime.py)
@@ -276,6 +279,11 @@ VARIABLES = {
     "PORT": ("port", lambda n, r: _int(n, r, 1, 65535), "1-65535", "HTTP port"),
     "HOST": ("host", lambda n, r: r.strip(), "an address", "interface to listen on"),
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, LOG_LEVELS, upper=True), "|".join(LOG_LEVELS), "log level"),
+    "LOG_FORMAT": (
+        "log_format", lambda n, r: _choice(n, r, LOG_FORMATS), "|".join(LOG_FORMATS),
+        "log lines as text, or one JSON object per line; both carry the request id",
+    ),
+    "METRICS": ("metrics", _bool, "true|false", "serve Prometheus metrics at GET /metrics"),
     "NUM_API_SERVERS": ("num_api_servers", lambda n, r: _int(n, r, 1, 64), "1-64", "HTTP front-end processes"),
     "WORKERS_PER_DEVICE": ("workers_per_device", lambda n, r: _int(n, r, 1, 64), "1-64", "inference workers per device"),
     "TORCH_THREADS": (

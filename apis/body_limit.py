@@ -1,6 +1,7 @@
 """Reject request bodies over MAX_UPLOAD_BYTES with a 413 that names the limit, before they are parsed."""
 
 from apis.error_shapes import error_body
+from telemetry import metrics
 
 
 class BodyLimitMiddleware:
@@ -44,6 +45,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _reject(send, body: bytes):
+        metrics.rejected("too_large")
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -15,6 +15,7 @@ import uuid
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from apis.error_shapes import error_body, request_id_of
+from telemetry.logs import request_id as current_request_id
 
 log = logging.getLogger("imageserver")
 
@@ -42,7 +43,11 @@ class RequestIdMiddleware:
                 message = {**message, "headers": [*headers, (HEADER, request_id.encode("ascii"))]}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = current_request_id.set(request_id)  # every log line of this request names it (telemetry/logs.py)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)
 
 
 class UnforeseenErrorMiddleware:

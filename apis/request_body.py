@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 from errors import InputError
 from settings import truth
 from images.fetch import fetch_url
+from telemetry import metrics
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -191,6 +192,7 @@ async def image_bytes(fields: dict, name: str, settings) -> bytes:
 def decode_base64(text: str, name: str, max_bytes: int) -> bytes:
     text = _DATA_URL.sub("", text, count=1)
     if len(text) * 3 // 4 > max_bytes:
+        metrics.rejected("too_large")
         raise InputError(413, f"the base64 image in '{name}' is larger than {max_bytes} bytes (MAX_UPLOAD_BYTES)")
     try:
         data = base64.b64decode("".join(text.split()), validate=True)

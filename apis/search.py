@@ -117,9 +117,10 @@ class SearchAPI(ImageAPI):
         jobs = [(i, item) for i, item in enumerate(items) if isinstance(item, _Job)]
         outputs = list(items)
         if len(jobs) == 1:  # the common idle-server case: no thread hop
-            outputs[jobs[0][0]] = self._run(jobs[0][1])
+            outputs[jobs[0][0]] = self.for_request(jobs[0][0], self._run, jobs[0][1])
         else:
-            for (i, _), result in zip(jobs, self.threads.map(self._run, [job for _, job in jobs])):
+            for (i, _), result in zip(jobs, self.threads.map(lambda pair: self.for_request(pair[0], self._run, pair[1]),
+                                                             jobs)):
                 outputs[i] = result
         return self.from_batch(outputs)
 

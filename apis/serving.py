@@ -35,6 +35,10 @@ from fastapi import Depends, HTTPException
 from litserve.server import RegularRequestHandler
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
+from apis.tracing import Traced
+from telemetry import metrics
+from telemetry.logs import adopt_library_loggers, request_id
+
 log = logging.getLogger("imageserver.serving")
 
 POLL = 0.25  # seconds between the waiting request's looks at its worker
@@ -77,6 +81,7 @@ class QueueGate:
         if api_path is not None and self.server.in_flight[api_path].value >= self.server.queue_limits[api_path]:
             from apis.error_shapes import error_body  # the route's own error shape
 
+            metrics.rejected("overload")
             response = error_body(scope["path"], 503, self.server.busy_message(api_path),
                                   headers={"Retry-After": RETRY_AFTER, "Connection": "close"})
             return await response(scope, receive, send)
@@ -158,6 +163,7 @@ class AdmittingHandler(RegularRequestHandler):
             if admitted:
                 counter.value += 1
         if not admitted:
+            metrics.rejected("overload")
             raise HTTPException(503, server.busy_message(path), headers={"Retry-After": RETRY_AFTER})
         try:
             return await self._answer(request, request_type)
@@ -168,7 +174,8 @@ class AdmittingHandler(RegularRequestHandler):
     async def _answer(self, request, request_type):
         timeout = self.server.timeout
         deadline = (_arrival.get() or time.monotonic()) + timeout if timeout not in (None, False, -1) else None
-        payload = await self._prepare_request(request, request_type)
+        # the id and hand-off time go with the request, for the worker's log lines and queue-wait metric
+        payload = Traced(request_id.get(), time.monotonic(), await self._prepare_request(request, request_type))
         uid, _ = await self._submit_request(payload)
         item = ResponseBufferItem(asyncio.Event())
         number = self.order.next(item)
@@ -196,6 +203,7 @@ class AdmittingHandler(RegularRequestHandler):
         while True:
             step = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if step <= 0:
+                metrics.rejected("timeout")
                 raise HTTPException(504, f"no answer within REQUEST_TIMEOUT ({self.server.timeout:g} s)")
             try:
                 await asyncio.wait_for(item.event.wait(), timeout=step)
@@ -272,6 +280,12 @@ class ImageServer(ls.LitServer):
             index -= count
         raise IndexError(index)
 
+    def _init_manager(self, num_api_servers):
+        # the first call run() makes after LitServe's configure_logging gave its logger a handler of its
+        # own: send LitServe's lines through ours again (one format, request ids) before any fork
+        adopt_library_loggers()
+        return super()._init_manager(num_api_servers)
+
     def _start_worker_monitoring(self, manager, uvicorn_workers):
         thread = threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor")
         thread.start()
@@ -292,6 +306,7 @@ class ImageServer(ls.LitServer):
                     due[index] = now + delay
                     log.error("%s worker %d (pid %s) died (exit code %s); restarting it in %.1f s",
                               lit_api.api_path, worker_id, process.pid, process.exitcode, delay)
+                    metrics.forget_process(process.pid)
                 if now < due[index]:
                     continue
                 with self._restart_lock:
@@ -301,6 +316,7 @@ class ImageServer(ls.LitServer):
                 started[index] = time.monotonic()
                 del due[index]
                 self.restarts += 1
+                metrics.worker_restarted(getattr(lit_api, "capability", lit_api.api_path))
 
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
         self._stopping.set()  # no restarts while the workers are being stopped

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpcore
 
 from errors import InputError
+from telemetry import metrics
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,6 +27,13 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # identity encoding: the byte cap then applies to what we actually hold in memory.
 HEADERS = [(b"Accept", b"image/*"), (b"User-Agent", b"imageserver/0.1"), (b"Accept-Encoding", b"identity")]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _refused(outcome: str, detail: str, status: int = 400) -> InputError:
+    """An InputError that also says which fetch outcome it is (telemetry.metrics.FETCH_OUTCOMES)."""
+    error = InputError(status, detail)
+    error.outcome = outcome
+    return error
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ def _check_address(host: str, ip: IPAddress, policy: FetchPolicy) -> None:
     if any(ip in net or (v4 is not None and v4 in net) for net in policy.allow_networks):
         return
     if reason := _why_forbidden(ip):
-        raise InputError(400, f"URL host {host!r} resolves to {ip}, {reason}; fetching it is not allowed")
+        raise _refused("blocked", f"URL host {host!r} resolves to {ip}, {reason}; fetching it is not allowed")
 
 
 class _GuardedBackend(httpcore.AnyIOBackend):
@@ -97,12 +106,12 @@ class _GuardedBackend(httpcore.AnyIOBackend):
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise InputError(400, f"URL host {host!r} could not be resolved: {exc}") from None
+            raise _refused("connect_error", f"URL host {host!r} could not be resolved: {exc}") from None
         # Scope ids ("fe80::1%eth0") are dropped: such addresses are link-local, hence refused anyway.
         ips = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         for ip in ips:  # check them all before connecting to any
             _check_address(host, ip, self._policy)
-        error: Exception = InputError(400, f"URL host {host!r} has no addresses")
+        error: Exception = _refused("connect_error", f"URL host {host!r} has no addresses")
         for ip in ips:
             try:
                 return await super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
@@ -113,6 +122,14 @@ class _GuardedBackend(httpcore.AnyIOBackend):
 
 def _request_target(url: str) -> tuple[httpcore.URL, bytes]:
     """Validate one hop's URL; return httpcore's URL and the Host header for it."""
+    try:
+        return _parse_target(url)
+    except InputError as exc:
+        exc.outcome = "invalid_url"
+        raise
+
+
+def _parse_target(url: str) -> tuple[httpcore.URL, bytes]:
     if len(url) > MAX_URL_LENGTH:
         raise InputError(400, f"URL is longer than {MAX_URL_LENGTH} characters")
     try:
@@ -144,7 +161,7 @@ def _header(response: httpcore.Response, name: bytes) -> bytes | None:
 
 
 def _too_large(max_bytes: int) -> InputError:
-    return InputError(413, f"URL content is larger than the {max_bytes}-byte limit (FETCH_MAX_BYTES)")
+    return _refused("too_large", f"URL content is larger than the {max_bytes}-byte limit (FETCH_MAX_BYTES)", 413)
 
 
 async def _read_capped(response: httpcore.Response, max_bytes: int) -> bytes:
@@ -157,7 +174,7 @@ async def _read_capped(response: httpcore.Response, max_bytes: int) -> bytes:
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
     if not body:
-        raise InputError(400, "URL returned no data")
+        raise _refused("http_error", "URL returned no data")
     return bytes(body)
 
 
@@ -172,13 +189,29 @@ async def _follow(pool: httpcore.AsyncConnectionPool, url: str, policy: FetchPol
                 url = urljoin(url, location.decode("latin-1").strip())  # re-checked on the next pass
                 continue
             if not 200 <= response.status < 300:
-                raise InputError(400, f"URL returned HTTP {response.status}")
+                raise _refused("http_error", f"URL returned HTTP {response.status}")
             return await _read_capped(response, policy.max_bytes)
-    raise InputError(400, f"too many redirects (more than {policy.max_redirects})")
+    raise _refused("http_error", f"too many redirects (more than {policy.max_redirects})")
 
 
 async def fetch_url(url: str, policy: FetchPolicy) -> bytes:
-    """GET `url` under `policy` and return the body; any refusal or failure is an InputError (4xx)."""
+    """GET `url` under `policy` and return the body; any refusal or failure is an InputError (4xx).
+    Each fetch is counted by outcome and timed (GET /metrics; a debug line with the request id)."""
+    began, outcome = time.perf_counter(), "error"
+    try:
+        data = await _fetch(url, policy)
+        outcome = "ok"
+        return data
+    except InputError as exc:
+        outcome = getattr(exc, "outcome", "error")
+        if outcome == "too_large":
+            metrics.rejected("too_large")
+        raise
+    finally:
+        metrics.url_fetch(outcome, time.perf_counter() - began)
+
+
+async def _fetch(url: str, policy: FetchPolicy) -> bytes:
     _request_target(url)  # refuse a malformed URL before setting anything up
     try:
         # The total deadline: per-read timeouts alone let a server that drips bytes hold us forever.
@@ -188,8 +221,8 @@ async def fetch_url(url: str, policy: FetchPolicy) -> bytes:
             async with httpcore.AsyncConnectionPool(network_backend=backend, retries=0) as pool:
                 return await _follow(pool, url, policy)
     except (TimeoutError, httpcore.TimeoutException):
-        raise InputError(400, f"fetching {url} timed out after {policy.timeout:g} s") from None
+        raise _refused("timeout", f"fetching {url} timed out after {policy.timeout:g} s") from None
     except httpcore.ConnectError as exc:
-        raise InputError(400, f"could not connect to fetch {url}: {exc or 'connection failed'}") from None
+        raise _refused("connect_error", f"could not connect to fetch {url}: {exc or 'connection failed'}") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         raise InputError(400, f"fetching {url} failed: {exc or type(exc).__name__}") from None

@@ -14,6 +14,7 @@ import importlib
 import logging
 
 from models.base import KINDS, REGIONS, ImageModel, ModelUnavailable
+from telemetry import metrics
 
 log = logging.getLogger("imageserver.models")
 
@@ -94,6 +95,7 @@ def load_models(wanted, settings, device: str) -> tuple[dict, dict]:
             unavailable[name] = f"{type(exc).__name__}: {exc}"[:300]
         if name in unavailable:
             log.warning("model %s unavailable: %s", name, unavailable[name])
+        metrics.model_available(name, name in loaded)
     return loaded, unavailable
 
 
@@ -107,7 +109,8 @@ def run_grouped(models: dict, groups: dict[str, list], on_failure, counters: dic
         try:
             if counters is not None:
                 count(counters, name, len(inputs))
-            out[name] = models[name].forward(inputs, **params)
+            with metrics.model_forward(name, len(inputs)):  # its batch size and time (GET /metrics)
+                out[name] = models[name].forward(inputs, **params)
         except Exception as exc:
             log.exception("%s failed on a batch of %d", name, len(inputs))
             out[name] = [on_failure(name, exc)] * len(inputs)

@@ -13,6 +13,7 @@ from settings import Settings, SettingsError
 from store.base import Store
 from store.blobs import BlobStore
 from store.library import ImageLibrary
+from store.timed import TimedStore
 
 
 def check_store_settings(settings: Settings) -> None:
@@ -42,7 +43,8 @@ def open_store(settings: Settings) -> Store:
 
 def open_library(settings: Settings) -> ImageLibrary:
     data = Path(settings.data_dir)
-    return ImageLibrary(open_store(settings), BlobStore(data / "blobs"), data / "locks")
+    return ImageLibrary(TimedStore(open_store(settings), settings.store_backend), BlobStore(data / "blobs"),
+                        data / "locks")
 
 
 class PerProcess:

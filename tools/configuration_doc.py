@@ -41,8 +41,9 @@ and a worker of `/embed` the embedders: serve only what you need. `/stats` is CP
 use more cores; on a CPU-only machine set `WORKERS_PER_DEVICE` to the number of cores and each model
 worker runs torch on its share of them (`TORCH_THREADS`). Measurements: `bench/README.md`.
 `REQUEST_TIMEOUT` counts from the request's arrival: reading the body, fetching a URL, the queue and the
-work; past it the client gets a 504 and the late result is dropped.""",
-     ["PORT", "HOST", "LOG_LEVEL", "CAPABILITIES", "NUM_API_SERVERS", "WORKERS_PER_DEVICE", "TORCH_THREADS",
+work; past it the client gets a 504 and the late result is dropped. Logs, request ids and `GET /metrics`:
+[Operations](../README.md#operations) in the README.""",
+     ["PORT", "HOST", "LOG_LEVEL", "LOG_FORMAT", "METRICS", "CAPABILITIES", "NUM_API_SERVERS", "WORKERS_PER_DEVICE", "TORCH_THREADS",
       "ACCELERATOR", "REQUEST_TIMEOUT", "CACHE_DIR"]),
     ("Access", """\
 With `API_KEY` set every route needs header `X-API-Key` (compared in constant time, one check in front of
