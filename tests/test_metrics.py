@@ -332,3 +332,18 @@ def test_model_batch_sizes_forward_times_and_availability(embed_server):
     for name in ("clip_vit_b_32", "dino_v2"):  # loaded or not (weights this machine may lack): 1 or 0, never left out
         assert value(after, "imageserver_model_available", model=name) in (0, 1)
         assert ("imageserver_model_available", (("model", name),)) in after
+
+
+def test_metrics_false_leaves_the_route_out(tmp_path):
+    import server
+    from settings import Settings
+
+    routes = {}
+    for on in (True, False):
+        built = server.build_server(Settings(capabilities=("stats",), metrics=on, data_dir=str(tmp_path / "data"),
+                                             cache_dir=str(tmp_path / "cache")))
+        try:
+            routes[on] = {route.path for route in built.app.router.routes}
+        finally:
+            built.app.state.handoff.close()
+    assert "/metrics" in routes[True] and "/metrics" not in routes[False]
