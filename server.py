@@ -101,7 +101,7 @@ def build_server(settings: Settings) -> ls.LitServer:
     if "search" in settings.capabilities:
         add_search_routes(server.app, settings, apis[0].authorize)
         add_original_routes(server.app, apis[0].authorize)
-        add_page(server.app)  # replaces LitServe's "litserve running" at GET /
+    add_page(server.app)  # GET / for every capability set; before the gallery form's POST / (add_page drops "/")
     if "background" in settings.capabilities:
         background = apis[settings.capabilities.index("background")]
         add_background_routes(server.app, settings, background.authorize)

@@ -30,19 +30,29 @@ def _media_type(path: Path) -> str:
 THUMBNAIL_SIDES = (16, 1024)  # ?size= bounds: a grid needs ~256 px, never the 12-megapixel original
 
 
-def _thumbnail(path: Path, side: int, settings) -> Response:
-    """The stored original reduced to `side` px at most (JPEG draft decoding), as JPEG, or PNG with alpha."""
+def _thumbnail(path: Path, side: int, settings, headers: dict | None = None) -> Response:
+    """The stored original reduced to `side` px at most (JPEG draft decoding), as JPEG, or PNG with alpha.
+    `headers` default to immutable ones; a gallery record's image (apis/records.py) passes private ones."""
+    headers = _IMMUTABLE if headers is None else headers
     image = decode_image(path.read_bytes(), settings.decode_limits, max_side=side).image
     out = io.BytesIO()
     if image.mode in ("RGBA", "LA", "PA"):
         image.save(out, format="PNG")
-        return Response(out.getvalue(), media_type="image/png", headers=_IMMUTABLE)
+        return Response(out.getvalue(), media_type="image/png", headers=headers)
     image.convert("RGB").save(out, format="JPEG", quality=85)
-    return Response(out.getvalue(), media_type="image/jpeg", headers=_IMMUTABLE)
+    return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
 
 
 # content-addressed: the bytes behind an /images URL never change
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+
+
+def thumbnail_side(size: str | None) -> int | None:
+    """?size= as an int within THUMBNAIL_SIDES, None when absent; InputError 400 otherwise."""
+    low, high = THUMBNAIL_SIDES
+    if size is not None and not (_SIDE.fullmatch(size) and low <= int(size) <= high):
+        raise InputError(400, f"size must be an integer from {low} to {high}")
+    return None if size is None else int(size)
 
 
 def add_original_routes(app: FastAPI, auth) -> None:

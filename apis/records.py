@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from apis.background import API_PATH, RECORDS_PATH, REMBG_PATH, SEED_PATH, record_json, record_name
 from apis.base import share_route
+from apis.originals import _thumbnail, thumbnail_side
 from apis.request_body import load_json, shown
 from errors import InputError
 from store.base import StoreError
@@ -141,7 +142,9 @@ def _add_record_routes(app: FastAPI, settings, auth) -> None:
 
     def image_route(which: str):
         @handled
-        async def record_image(request: Request, record_id: str, user: str = user_dep):
+        async def record_image(request: Request, record_id: str, user: str = user_dep, size: str | None = None):
+            side = thumbnail_side(size)  # ?size=: a preview for the page's gallery, as /images/{sha256} gives
+
             def work(library):
                 record = library.store.gallery_get(user, record_id)
                 if record is None:
@@ -152,6 +155,8 @@ def _add_record_routes(app: FastAPI, settings, auth) -> None:
             path = await _store_call(request, work)
             if path is None:
                 return _not_found(record_id)
+            if side is not None:
+                return await run_in_threadpool(_thumbnail, path, side, request.app.state.settings, _PRIVATE)
             media = "image/png" if which == "processed" else _media_type(path)
             return FileResponse(path, media_type=media, headers=_PRIVATE)
 

@@ -1,177 +1,258 @@
-// PicTrace page: post the chosen image to find_similar/ and show the matches as a grid.
+// The page's core: the image the user gave (file, drop, paste or URL), the API key, one fetch helper that turns
+// any route's error shape into its message, and the fan-out of one image to every panel at once.
+// Panels (stats.js, analysis.js, background.js, search.js, gallery.js) register themselves with Page.panel().
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const fileInput = $("file"), drop = $("drop"), keyInput = $("api-key");
-const KEY_STORE = "pictrace-api-key";
-const THUMBNAIL_SIZE = 256;  // px, longest side of each match's preview (GET /images/{sha256}?size=)
-let latest = 0;  // a newer search wins: answers of older ones are dropped
-let objectUrls = [];  // blob: URLs of the last grid, released when it is replaced
+const Page = (() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORE = "pictrace-api-key";  // the server's key page (apis/auth.py) writes the same name
+  const panels = [];
+  let config = null;        // GET /page/config: the capabilities served here and their choices
+  let configReady = null;   // its promise: panels wait for it before their first request
+  let source = null;        // {file, url, name, preview}: the image every panel works on
+  let generation = 0;       // a newer image wins: answers for an older one are dropped
+  let controller = null;    // aborts the requests of the image being replaced
 
-keyInput.value = localStorage.getItem(KEY_STORE) || "";
-if (keyInput.value) $("key-box").open = true;
-let lastFile = null;  // searched again when the key changes (the usual answer to a 401)
-keyInput.addEventListener("change", () => {
-  rememberKey(keyInput.value.trim());
-  if (lastFile) search(lastFile);
-});
-
-// The key goes in local storage (sent as X-API-Key on every fetch) and in a cookie the server accepts on
-// GET alone: what a page load, its script and stylesheet can send (see the server's apis/auth.py).
-function rememberKey(key) {
-  localStorage.setItem(KEY_STORE, key);
-  const secure = location.protocol === "https:" ? "; Secure" : "";
-  document.cookie = key
-    ? `${KEY_STORE}=${encodeURIComponent(key)}; Path=/; Max-Age=31536000; SameSite=Strict${secure}`
-    : `${KEY_STORE}=; Path=/; Max-Age=0; SameSite=Strict${secure}`;
-}
-
-fileInput.addEventListener("change", () => {
-  if (fileInput.files[0]) search(fileInput.files[0]);
-  fileInput.value = "";  // choosing the same file again must search again
-});
-for (const type of ["dragenter", "dragover"]) {
-  drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
-}
-for (const type of ["dragleave", "drop"]) {
-  drop.addEventListener(type, () => drop.classList.remove("over"));
-}
-drop.addEventListener("drop", (event) => {
-  event.preventDefault();
-  const file = event.dataTransfer.files[0];
-  if (file) search(file);
-});
-document.addEventListener("paste", (event) => {
-  const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
-  if (file) search(file);
-});
-$("query").addEventListener("submit", (event) => event.preventDefault());
-
-function headers() {
-  const key = keyInput.value.trim();
-  return key ? { "X-API-Key": key } : {};
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
-  $("status").textContent = "";
-}
-
-// The server's error JSON: PicTrace's {"error", "detail"}, the shared layer's {"detail"}; detail may be a list
-// (FastAPI validation errors), shown as their messages.
-function errorText(status, body) {
-  if (!body || typeof body !== "object") return `The server answered ${status}.`;
-  const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ") : body.detail;
-  const parts = [...new Set([body.error, detail].filter(Boolean).map(String))];  // often the same text twice
-  return parts.join(": ") || `The server answered ${status}.`;
-}
-
-async function search(file) {
-  const mine = ++latest;
-  lastFile = file;
-  $("error").hidden = true;
-  $("results").replaceChildren();
-  $("query-view").hidden = false;
-  URL.revokeObjectURL($("query-preview").src);
-  $("query-preview").src = URL.createObjectURL(file);
-  $("query-name").textContent = file.name;
-  $("status").textContent = "Searching…";
-
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const limit = parseInt($("limit").value, 10);
-  if (limit > 0) form.append("limit", String(limit));
-
-  let response, body = null;
-  try {
-    response = await fetch("find_similar/", { method: "POST", body: form, headers: headers() });
-  } catch (err) {
-    if (mine === latest) showError(`Cannot reach the server: ${err.message}`);
-    return;
+  // ---- API key: local storage for the page's requests (header), a SameSite=Strict cookie for <img> and the page
+  // load itself, which the server accepts on GET and HEAD only (apis/auth.py)
+  const keyInput = $("api-key");
+  keyInput.value = localStorage.getItem(KEY_STORE) || "";
+  if (keyInput.value) $("key-box").open = true;  // a key in use is one click from being changed
+  function rememberKey(key) {
+    localStorage.setItem(KEY_STORE, key);
+    const secure = location.protocol === "https:" ? "; Secure" : "";
+    document.cookie = key
+      ? `${KEY_STORE}=${encodeURIComponent(key)}; Path=/; Max-Age=31536000; SameSite=Strict${secure}`
+      : `${KEY_STORE}=; Path=/; Max-Age=0; SameSite=Strict${secure}`;
   }
-  try { body = await response.json(); } catch (err) { /* not JSON: reported by status below */ }
-  if (mine !== latest) return;
-  if (!response.ok || !body || body.error) {
-    if (response.status === 401) $("key-box").open = true;
-    showError(errorText(response.status, body));
-    return;
-  }
-  render(body);
-}
-
-function render(body) {
-  objectUrls.forEach(URL.revokeObjectURL);
-  objectUrls = [];
-  const matches = body.similar_images || [];
-  const total = body.total_indexed;
-  $("status").textContent = total === 0
-    ? "The index is empty: add images first (client.py index FOLDER)."
-    : `${matches.length} most similar of ${total} indexed images` + (body.model ? ` (${body.model})` : "") + ".";
-  $("results").replaceChildren(...matches.map(card));
-}
-
-function card(match) {
-  const item = document.createElement("li");
-  item.className = "match";
-  item.dataset.filepath = match.filepath || "";
-  item.dataset.similarity = match.similarity;
-
-  const link = document.createElement("a");
-  const name = match.filename || match.filepath || match.sha256;
-  if (match.url) {
-    link.href = match.url;
-    link.target = "_blank";
-    link.rel = "noopener";
-    const img = document.createElement("img");
-    img.alt = name;
-    img.loading = "lazy";
-    img.addEventListener("error", () => { img.classList.add("broken"); img.alt = "preview unavailable"; });
-    thumbnail(img, `${match.url}?size=${THUMBNAIL_SIZE}`);  // the server reduces it; the link keeps the original
-    link.append(img);
-  } else {
-    const none = document.createElement("span");
-    none.className = "no-preview";
-    none.textContent = "no preview";
-    link.append(none);
+  keyInput.addEventListener("change", () => {
+    rememberKey(keyInput.value.trim());
+    loadConfig().then(() => (source ? run(source) : refreshIdle()));  // the usual answer to a 401: try again
+  });
+  function headers(extra) {
+    const key = keyInput.value.trim();
+    return Object.assign(key ? { "X-API-Key": key } : {}, extra || {});
   }
 
-  const caption = document.createElement("div");
-  caption.className = "caption";
-  const filename = document.createElement("div");
-  filename.className = "filename";
-  filename.textContent = name;
-  filename.title = match.filepath || name;
-  const similarity = document.createElement("div");
-  similarity.className = "similarity";
-  similarity.textContent = `similarity ${Number(match.similarity).toFixed(3)}`;
-  const bar = document.createElement("div");
-  bar.className = "bar";
-  const fill = document.createElement("span");
-  fill.style.width = `${Math.max(0, Math.min(1, match.similarity)) * 100}%`;
-  bar.append(fill);
-  caption.append(filename, similarity, bar);
-
-  item.append(link, caption);
-  return item;
-}
-
-// An <img> cannot send X-API-Key: with a key, same-origin images are fetched with it and shown as blobs.
-async function thumbnail(img, url) {
-  const key = keyInput.value.trim();
-  const sameOrigin = new URL(url, location.href).origin === location.origin;
-  if (!key || !sameOrigin) {
-    img.src = url;
-    return;
+  // ---- errors in the server's own words, whatever the route's shape (docs/api.md, "Errors")
+  function errorText(status, body, path) {
+    if (typeof body === "string") return body.trim() || `The server answered ${status}.`;
+    if (!body || typeof body !== "object") return `The server answered ${status}.`;
+    const parts = [];
+    const add = (value) => {
+      if (Array.isArray(value)) value.forEach(add);
+      else if (value && typeof value === "object") add(value.msg || JSON.stringify(value));
+      else if (value !== undefined && value !== null && value !== "") parts.push(String(value));
+    };
+    add(body.error);
+    add(body.message);
+    add(body.detail);
+    const unique = [...new Set(parts)].filter((p) => !(status === 404 && p === "Not Found" && parts.length > 1));
+    let text = unique.join(": ") || `The server answered ${status}.`;
+    if (status === 401) $("key-box").open = true;
+    if (status === 404 && path && /^not found: /.test(text)) text += " (this server does not serve that route)";
+    return text;
   }
-  try {
-    const response = await fetch(url, { headers: headers() });
-    if (!response.ok) throw new Error(String(response.status));
-    const blobUrl = URL.createObjectURL(await response.blob());
-    objectUrls.push(blobUrl);
-    img.src = blobUrl;
-  } catch (err) {
-    img.classList.add("broken");
-    img.alt = "preview unavailable";
+
+  // fetch + the body read as JSON (or text, or a blob with asBlob); never throws: {ok, status, body, error, response}
+  async function call(path, options = {}) {
+    const init = { method: options.method || "GET", headers: headers(options.headers), signal: options.signal };
+    if (options.form) init.body = options.form;
+    if (options.json !== undefined) {
+      init.body = JSON.stringify(options.json);
+      init.headers["Content-Type"] = "application/json";
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      if (err.name === "AbortError") return { ok: false, aborted: true, status: 0, error: "cancelled" };
+      return { ok: false, status: 0, error: `Cannot reach the server: ${err.message}` };
+    }
+    let body = null;
+    const type = response.headers.get("content-type") || "";
+    try {
+      if (response.ok && options.asBlob && !type.includes("json")) body = await response.blob();
+      else if (type.includes("json")) body = await response.json();
+      else body = await response.text();
+    } catch (err) {
+      if (err.name === "AbortError") return { ok: false, aborted: true, status: 0, error: "cancelled" };
+      body = null;
+    }
+    // the near-duplicate routes' envelope can say "fail" in its body
+    const failed = !response.ok || (body && typeof body === "object" && !(body instanceof Blob) && body.status === "fail");
+    return { ok: !failed, status: response.status, body, response,
+             error: failed ? errorText(response.status, body, path) : null };
   }
-}
+
+  // ---- a panel's state: progress while its models work, its own error, its content
+  function box(id) {
+    const section = $(id);
+    const progress = section.querySelector(":scope > .progress");
+    const error = section.querySelector(":scope > .error");
+    const content = section.querySelector(":scope > .content");
+    return {
+      section, content,
+      busy(on, text) {
+        progress.hidden = !on;
+        if (text) progress.querySelector("span").textContent = text;
+        section.setAttribute("aria-busy", on ? "true" : "false");
+        section.classList.toggle("busy", on);
+      },
+      fail(message) {
+        error.textContent = message;
+        error.hidden = !message;
+        section.classList.toggle("failed", Boolean(message));
+      },
+    };
+  }
+  function showError(element, message) {
+    element.textContent = message || "";
+    element.hidden = !message;
+  }
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "class") node.className = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k === "style") Object.assign(node.style, v);  // CSSOM: the page's CSP refuses style attributes
+      else if (k in node && typeof v !== "string") node[k] = v;
+      else node.setAttribute(k, v);
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  // ---- the image: a File (upload, drop, paste) or a URL the server fetches
+  function imageField(form, fileField, urlField) {
+    if (source.file) form.append(fileField, source.file, source.name);
+    else form.append(urlField, source.url);
+    return form;
+  }
+
+  function serves(capability) {
+    return Boolean(config && config.capabilities.includes(capability));
+  }
+
+  async function loadConfig() {
+    configReady = call("page/config").then((answer) => {
+      if (answer.ok) {
+        config = answer.body;
+        showError($("page-error"), "");
+      } else {
+        config = null;
+        showError($("page-error"), answer.error);
+      }
+      for (const panel of panels) panel.configure && panel.configure(config);
+      return config;
+    });
+    return configReady;
+  }
+
+  function refreshIdle() {
+    for (const panel of panels) panel.idle && panel.idle();
+  }
+
+  // every panel gets the image at the same moment: their requests are in flight together
+  async function run(next) {
+    await configReady;
+    if (!config) return;
+    if (controller) controller.abort();
+    controller = new AbortController();
+    const mine = ++generation;
+    const context = { signal: controller.signal, current: () => mine === generation };
+    for (const panel of panels) {
+      Promise.resolve().then(() => panel.run(next, context)).catch((err) => {
+        if (err && err.name === "AbortError") return;
+        console.warn(err);  // a panel's own bug must not blank the others
+      }).finally(() => {
+        // which image the panel last finished (answer or error): what scripts and tests wait on
+        if (context.current() && panel.section) panel.section.dataset.image = String(next.number);
+      });
+    }
+  }
+
+  let uses = 0;
+  function use(next) {
+    if (source && source.preview && source.file) URL.revokeObjectURL(source.preview);
+    source = next;
+    next.number = ++uses;
+    document.body.dataset.image = String(next.number);
+    $("source").textContent = next.file
+      ? `${next.name} (${formatBytes(next.file.size)})`
+      : `${next.url} (fetched by the server)`;
+    run(next);
+  }
+
+  function useFile(file) {
+    if (!file) return;
+    use({ file, name: file.name || "pasted-image", url: null, preview: URL.createObjectURL(file) });
+  }
+
+  function useUrl(text) {
+    const url = (text || "").trim();
+    if (!/^https?:\/\/\S+$/i.test(url)) {
+      showError($("page-error"), "Give an http(s) URL of an image.");
+      return;
+    }
+    showError($("page-error"), "");
+    const name = decodeURIComponent(url.split(/[?#]/)[0].split("/").pop() || "") || "image";
+    use({ file: null, url, name, preview: url });
+  }
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  // ---- input: choose, drop, paste (an image or a URL), or type a URL
+  const fileInput = $("file"), drop = $("drop");
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files[0]) useFile(fileInput.files[0]);
+    fileInput.value = "";  // choosing the same file again must run again
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) useFile(file);
+    else useUrl(event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text/plain"));
+  });
+  document.addEventListener("paste", (event) => {
+    const target = event.target;
+    if (target && target.matches && target.matches("input, textarea") && target.id !== "url") return;  // typing
+    const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (file) {
+      event.preventDefault();
+      useFile(file);
+      return;
+    }
+    const text = event.clipboardData.getData("text/plain").trim();
+    if (/^https?:\/\//i.test(text)) {
+      event.preventDefault();
+      $("url").value = text;
+      useUrl(text);
+    }
+  });
+  $("query").addEventListener("submit", (event) => {
+    event.preventDefault();
+    useUrl($("url").value);
+  });
+
+  loadConfig();
+
+  return {
+    $, el, box, call, headers, errorText, showError, imageField, serves, formatBytes,
+    get source() { return source; },
+    get config() { return config; },
+    rerun() { if (source) run(source); },
+    panel(definition) {
+      panels.push(definition);
+      if (config && definition.configure) definition.configure(config);
+    },
+  };
+})();
