@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import sys
+import threading
 import time
 
 from litserve.callbacks import Callback
@@ -88,6 +89,19 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
     for name in QUIET_LOGGERS:  # their debug lines describe file structure, not requests
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     adopt_library_loggers()
+    # what Python itself would print to stderr comes through the handler too: warnings, and an exception
+    # nobody caught in a thread or at the top of the process
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,
+                                                      getattr(args.thread, "name", "thread"))
+
+
+def _log_uncaught(exc_type, exc_value, exc_traceback, where: str = "main thread") -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        return sys.__excepthook__(exc_type, exc_value, exc_traceback)
+    logging.getLogger("imageserver").critical("uncaught exception in %s", where,
+                                              exc_info=(exc_type, exc_value, exc_traceback))
 
 
 def adopt_library_loggers() -> None:
