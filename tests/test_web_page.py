@@ -11,6 +11,7 @@ missing, or CHROMIUM=/path/to/it). Without one the tests fail, so a CI machine t
 silently; SKIP_BROWSER_TESTS=1 is the one explicit way to skip them.
 """
 
+import base64
 import io
 import json
 import os
@@ -240,6 +241,21 @@ def test_the_image_goes_to_every_capability_at_once(page, page_server):
     settled(page, choose(page, "coffee"))
     first_end = next(i for i, (kind, _) in enumerate(events) if kind == "end")
     assert sum(kind == "start" for kind, _ in events[:first_end]) == 5, events
+
+
+def test_a_dropped_photo_is_used_like_a_chosen_one(page, page_server):
+    encoded = base64.b64encode(photos.read("rocket")).decode()
+    transfer = page.evaluate_handle("""data => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "launch.jpg", {type: "image/jpeg"}));
+        return transfer;
+    }""", encoded)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    settled(page, int(page.evaluate("document.body.dataset.image")), ["stats"])
+    stats = upload(page_server, "/stats", "content", "launch.jpg", photos.read("rocket")).json()
+    assert page.get_attribute("#stats .swatch", "data-hex") == stats["color_data"]["avg_color"]["hex"]
+    assert page.inner_text("#source").startswith("launch.jpg")
 
 
 def test_a_camera_jpeg_with_gps_shows_its_exif_and_a_map_link(page, page_server):

@@ -216,7 +216,9 @@ const Page = (() => {
     drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
   }
   for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
+  // a drop anywhere on the page counts: the browser's own would open the file in place of the page
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
     event.preventDefault();
     const file = event.dataTransfer.files[0];
     if (file) useFile(file);
