@@ -306,7 +306,7 @@ def test_metrics_need_the_api_key_like_any_route_not_in_public_routes(limited_se
 @pytest.fixture(scope="module")
 def embed_server(cache_dir, server_logs):
     server = start_server(server_logs, "metrics-embed", CAPABILITIES="embed", WORKERS_PER_DEVICE=1,
-                          EMBED_MAX_BATCH_SIZE=4, EMBED_BATCH_TIMEOUT=0.2, CACHE_DIR=cache_dir)
+                          EMBED_MAX_BATCH_SIZE=4, EMBED_BATCH_TIMEOUT=0.5, CACHE_DIR=cache_dir)
     yield server
     server.stop()
 
