@@ -97,6 +97,7 @@ class ImageAPI(ls.LitAPI):
             return exc.with_traceback(None)
         except Exception as exc:  # a decoder failure we did not foresee is still this file's fault
             log.warning("decoder failed: %r", exc)
+            metrics.rejected("bad_image")
             return InputError(400, f"the image could not be decoded: {exc}")
 
     def predict(self, x):
