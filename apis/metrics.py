@@ -60,8 +60,10 @@ class HttpMetrics:
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
             route = route_of(scope, self.aliases)
             metrics.http_request(route, method, status, seconds)
-            access_log.info("%s %s %d %.4f s", scope["method"], scope["path"], status, seconds,
-                            extra={"method": scope["method"], "path": scope["path"], "route": route,
+            # the path as sent, still percent-encoded: a decoded %0A would start a forged log line
+            path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+            access_log.info("%s %s %d %.4f s", scope["method"], path, status, seconds,
+                            extra={"method": scope["method"], "path": path, "route": route,
                                    "status": status, "duration_s": round(seconds, 6)})
 
 

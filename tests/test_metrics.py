@@ -211,7 +211,7 @@ def test_queue_gauges_name_each_capability_and_its_limit(metrics_server):
         assert ("imageserver_queue_admitted", (("capability", capability),)) in samples
 
 
-def test_killed_worker_counts_one_restart_of_its_capability(metrics_server):
+def test_killed_worker_counts_one_restart_and_keeps_what_it_counted(metrics_server):
     url = metrics_server.url
     before = scrape(url)
     workers = worker_pids(metrics_server.pid)
@@ -226,18 +226,28 @@ def test_killed_worker_counts_one_restart_of_its_capability(metrics_server):
             break
         time.sleep(0.5)
     assert sorted(moved.values()) == [0, 1], moved
+    for capability in ("stats", "search"):  # the dead worker's decodes still count
+        name = "imageserver_image_decode_seconds_count"
+        assert value(after, name, capability=capability) >= value(before, name, capability=capability)
     deadline = time.monotonic() + 60  # the module's other tests need every worker back
     while len(worker_pids(metrics_server.pid)) < len(workers) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert stats(url, photos.read("chelsea")).status_code == 200
 
 
-def test_text_log_access_lines_carry_the_request_id(metrics_server):
+def test_text_log_access_lines_carry_the_request_id_and_the_path_as_sent(metrics_server):
     assert stats(metrics_server.url, photos.read("chelsea"), "text-line-7").status_code == 200
+    forged = httpx.get(f"{metrics_server.url}/x%0A2026-01-01%20INFO%20forged", headers={"X-Request-ID": "text-line-8"},
+                       timeout=30)
+    assert forged.status_code == 404
     time.sleep(0.5)
-    lines = [line for line in metrics_server.log.read_text(errors="replace").splitlines() if "[text-line-7]" in line]
+    log = metrics_server.log.read_text(errors="replace").splitlines()
+    lines = [line for line in log if "[text-line-7]" in line]
     assert any(re.search(r" INFO \d+ imageserver\.access \[text-line-7\]: POST /stats 200 [\d.]+ s$", line)
                for line in lines), lines
+    assert any(line.endswith("[text-line-8]: GET /x%0A2026-01-01%20INFO%20forged 404") or
+               "[text-line-8]: GET /x%0A2026-01-01%20INFO%20forged 404 " in line for line in log)
+    assert not any(line.startswith("2026-01-01 INFO forged") for line in log)
 
 
 # ---------------------------------------------------------------- overload and timeout, on a server of its own
