@@ -189,6 +189,7 @@ def test_a_photo_fills_every_panel_with_the_servers_own_answers(page, page_serve
     missing = page.locator("#analysis .missing li")
     assert sorted(missing.evaluate_all("items => items.map(i => i.dataset.operation)")) == \
         sorted(name for name, op in operations.items() if not op["available"])
+    assert "person_detector" in page.inner_text("#analysis .missing summary")
     reason = operations["detect_bounding_box"]["unavailable_models"]["person_detector"]
     assert reason in page.locator("#analysis .missing li[data-operation=detect_bounding_box]").text_content()
 
@@ -256,6 +257,20 @@ def test_a_dropped_photo_is_used_like_a_chosen_one(page, page_server):
     stats = upload(page_server, "/stats", "content", "launch.jpg", photos.read("rocket")).json()
     assert page.get_attribute("#stats .swatch", "data-hex") == stats["color_data"]["avg_color"]["hex"]
     assert page.inner_text("#source").startswith("launch.jpg")
+
+    # pasted, with the focus in a text field: the image is taken all the same
+    encoded = base64.b64encode(photos.read("coffee")).decode()
+    page.focus("#record-name")
+    page.evaluate("""data => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "pasted.png", {type: "image/png"}));
+        document.activeElement.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true}));
+    }""", encoded)
+    settled(page, int(page.evaluate("document.body.dataset.image")), ["stats"])
+    stats = upload(page_server, "/stats", "content", "pasted.png", photos.read("coffee")).json()
+    assert page.get_attribute("#stats .swatch", "data-hex") == stats["color_data"]["avg_color"]["hex"]
+    assert page.inner_text("#source").startswith("pasted.png")
 
 
 def test_a_camera_jpeg_with_gps_shows_its_exif_and_a_map_link(page, page_server):
@@ -384,6 +399,8 @@ def test_a_second_browser_context_cannot_see_the_first_ones_records(browser, pag
         assert second.request.get(f"{page_server}/records/{record_id}").status == 404
         assert second.request.get(f"{page_server}/records/{record_id}/processed?size=256").status == 404
         assert first.request.get(f"{page_server}/records/{record_id}/processed?size=256").status == 200
+        bad = first.request.get(f"{page_server}/records/{record_id}/processed?size=5")
+        assert bad.status == 400 and bad.json() == {"detail": "size must be an integer from 16 to 1024"}
     finally:
         first_context.close()
         second_context.close()

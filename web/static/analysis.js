@@ -83,8 +83,9 @@
       unavailable.replaceChildren(el("p", { class: "note" }, "Every analysis model is available here."));
       return;
     }
+    const models = [...new Set(missing.flatMap(([, op]) => Object.keys(op.unavailable_models || {})))];
     unavailable.replaceChildren(el("details", { class: "missing", open: false },
-      el("summary", {}, `Unavailable here (${missing.length} operation${missing.length > 1 ? "s" : ""})`),
+      el("summary", {}, `Unavailable here: ${models.join(", ") || missing.map(([name]) => name).join(", ")} (why)`),
       el("ul", {}, ...missing.map(([name, op]) => el("li", { dataset: { operation: name } }, el("code", {}, name), ": ",
         Object.entries(op.unavailable_models || {}).map(([model, why]) => `${model}: ${why}`).join("; ") || "unavailable")))));
   }

@@ -225,14 +225,14 @@ const Page = (() => {
     else useUrl(event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text/plain"));
   });
   document.addEventListener("paste", (event) => {
-    const target = event.target;
-    if (target && target.matches && target.matches("input, textarea") && target.id !== "url") return;  // typing
     const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
-    if (file) {
+    if (file) {  // an image, wherever the focus is: no field of the page takes one
       event.preventDefault();
       useFile(file);
       return;
     }
+    const target = event.target;
+    if (target && target.matches && target.matches("input, textarea") && target.id !== "url") return;  // typing
     const text = event.clipboardData.getData("text/plain").trim();
     if (/^https?:\/\//i.test(text)) {
       event.preventDefault();
@@ -242,6 +242,7 @@ const Page = (() => {
   });
   $("query").addEventListener("submit", (event) => {
     event.preventDefault();
+    if (document.activeElement === keyInput) return;  // Enter in the key box: its change event applies it
     useUrl($("url").value);
   });
 
