@@ -12,6 +12,7 @@ from apis.auth import ApiKeyMiddleware
 from apis.body_limit import BodyLimitMiddleware
 from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
 from apis.embed import EmbedAPI
+from apis.docs_pages import add_docs_pages
 from apis.error_shapes import install_error_handlers
 from apis.handoff import Handoff
 from apis.metrics import HttpMetrics, add_metrics_route
@@ -20,6 +21,7 @@ from apis.analyze_routes import ALIASES, PathAliasMiddleware, add_operation_rout
 from apis.background import BACKGROUND_PATHS, BackgroundAPI, check_background_settings
 from apis.records import add_background_routes, replace_health_route
 from apis.search import SEARCH_PATHS, SearchAPI
+from apis.openapi_doc import install as install_openapi
 from apis.originals import add_original_routes
 from apis.page import add_page
 from apis.search_routes import add_search_routes
@@ -108,6 +110,8 @@ def build_server(settings: Settings) -> ls.LitServer:
     replace_health_route(server.app)  # {"status": "Healthy"} once the workers are ready
     if settings.metrics:
         add_metrics_route(server.app, server, {api.api_path: api.capability for api in apis})
+    add_docs_pages(server.app)  # /docs and /redoc with their assets served here, not from a CDN
+    install_openapi(server.app, settings)  # after every route: it documents the routes this app has
     return server
 
 

@@ -114,7 +114,9 @@ def _bgcolor(value, name: str) -> tuple[int, int, int, int] | None:
     else:
         parts = None
     try:
-        channels = [int(p) if not isinstance(p, bool) and isinstance(p, (int, str)) else None for p in parts or ()]
+        # ASCII digits only: int() also takes "+5", "1_0" and other scripts' digits
+        channels = [p if isinstance(p, int) and not isinstance(p, bool) else
+                    int(p) if isinstance(p, str) and p.isascii() and p.isdigit() else None for p in parts or ()]
     except ValueError:
         channels = [None]
     if len(channels) not in (3, 4) or any(c is None or not 0 <= c <= 255 for c in channels):
@@ -124,16 +126,15 @@ def _bgcolor(value, name: str) -> tuple[int, int, int, int] | None:
 
 
 def model_choice(fields: dict, name: str, settings) -> str:
-    """The segmenter asked for (BACKGROUND_MODEL when none is): one of the catalogue's, else 422."""
-    from models.catalogue import names
-
+    """The segmenter asked for (BACKGROUND_MODEL when none is): one of BACKGROUND_MODELS, the ones the workers
+    load, else 422 (a catalogue segmenter this server does not load is the client's choice to change)."""
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return settings.background_model
-    choices = names("segmenter")
+    choices = settings.background_models
     if not isinstance(value, str) or value.strip() not in choices:
-        raise InputError(422, f"{name} {shown(value)} is not a background-removal model; one of "
-                              f"{', '.join(choices) or '(none in this build)'}")
+        raise InputError(422, f"{name} {shown(value)} is not a background-removal model served here; one of "
+                              f"{', '.join(choices)} (BACKGROUND_MODELS)")
     return value.strip()
 
 
@@ -179,7 +180,11 @@ def rembg_options(fields: dict) -> dict:
 
 
 def _image_field(fields: dict, names: tuple[str, ...]) -> str:
-    return next((n for n in names if n in fields), names[0])
+    """The one image field sent (the first name when none is, for its message)."""
+    given = [n for n in names if n in fields]
+    if len(given) > 1:
+        raise InputError(422, f"send one image, not {' and '.join(given)}")
+    return given[0] if given else names[0]
 
 
 def _output(fields: dict, request: Request) -> tuple[str, bool]:

@@ -14,10 +14,11 @@ import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from apis.match import MATCH_METHODS, fail
 from apis.similar import SIMILAR_PATHS, similar_error
@@ -59,19 +60,28 @@ async def http_error(request: Request, exc: StarletteHTTPException):
             and path not in SIMILAR_PATHS:  # no such path: say so in both forms
         return JSONResponse({"status": "fail", "error": [f"not found: {path}"], "method": "", "result": [],
                              "detail": detail}, status_code=404, headers=exc.headers)
+    if exc.status_code == 405:  # Starlette names the methods of the first route of the path only
+        exc = StarletteHTTPException(405, exc.detail, {**(exc.headers or {}), "Allow": allowed_methods(request)})
     if exc.status_code < 200 or exc.status_code in (204, 205, 304):  # no body allowed
         return await http_exception_handler(request, exc)
     return error_body(path, exc.status_code, detail, exc.headers, rid)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes (routes are registered one per method)."""
+    methods = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def validation_error(request: Request, exc: RequestValidationError):
-    """FastAPI's parameter validation: the near-duplicate envelope (400) or the /find_similar/ shape (422);
-    FastAPI's own elsewhere."""
+    """FastAPI's parameter validation, in the route's shape: the near-duplicate envelope (400), else 422 with
+    one message (FastAPI's own `detail` is a list, a shape no other answer here has)."""
     path = request.url.path
-    if path in MATCH_METHODS or path in SIMILAR_PATHS:
-        message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return error_body(path, 400 if path in MATCH_METHODS else 422, message)
-    return await request_validation_exception_handler(request, exc)
+    message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+    return error_body(path, 400 if path in MATCH_METHODS else 422, message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

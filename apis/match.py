@@ -106,7 +106,9 @@ def integer(fields: dict, name: str, default: int) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InputError(400, f"field '{name}' must be an integer, not {shown(value)}")
-    if isinstance(value, int):
+    if isinstance(value, int):  # the same bound as form text's 20 digits
+        if abs(value) >= 10**20:
+            raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")
         return value
     if not _INTEGER.match(value):
         raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")

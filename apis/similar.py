@@ -46,7 +46,7 @@ def _limit(value) -> int:
     limit = None
     if isinstance(value, int) and not isinstance(value, bool):
         limit = value
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) <= 20:
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 20:
         limit = int(value)
     if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {shown(value)}")
@@ -54,7 +54,9 @@ def _limit(value) -> int:
 
 
 async def read_similar(fields: dict, settings):
-    model = fields.get("model") or DEFAULT_MODEL
+    model = fields.get("model")
+    if model is None or (isinstance(model, str) and not model.strip()):  # absent (JSON null, empty form field)
+        model = DEFAULT_MODEL
     if not isinstance(model, str) or model not in settings.search_models:
         indexed = ", ".join(settings.search_models) or "none (SEARCH_MODELS=none)"
         raise InputError(422, f"model {shown(model)} is not indexed here; indexed models: {indexed}")

@@ -238,7 +238,7 @@ def test_rembg_routes_refuse_what_they_cannot_do(bg_server, call, status, words)
     ({"file": ("a.png", photos.read("chelsea"))}, {"only_mask": "perhaps"}, 422, "only_mask"),
     ({"file": ("a.png", photos.read("chelsea"))}, {"format": "gif"}, 422, "format"),
     ({"file": ("a.png", photos.read("chelsea"))}, {"model": "no-such-model"}, 422, "model"),
-    ({"file": ("a.png", photos.read("chelsea"))}, {"model": "u2net"}, 503, "u2net"),  # a segmenter not loaded here
+    ({"file": ("a.png", photos.read("chelsea"))}, {"model": "u2net"}, 422, "u2net"),  # a segmenter not served here
     ({}, {"model": SESSION}, 422, "file"),
 ], ids=["text", "truncated", "empty", "bgcolor-word", "bgcolor-256", "erode-negative", "flag-word", "format",
         "unknown-model", "model-not-loaded", "no-image"])
