@@ -6,6 +6,7 @@ of other tests (and the scrapes themselves) do not blur it.
 """
 
 import io
+import json
 import re
 import threading
 import time
@@ -316,7 +317,8 @@ def test_metrics_need_the_api_key_like_any_route_not_in_public_routes(limited_se
 @pytest.fixture(scope="module")
 def embed_server(cache_dir, server_logs):
     server = start_server(server_logs, "metrics-embed", CAPABILITIES="embed", WORKERS_PER_DEVICE=1,
-                          EMBED_MAX_BATCH_SIZE=4, EMBED_BATCH_TIMEOUT=0.5, CACHE_DIR=cache_dir)
+                          EMBED_MAX_BATCH_SIZE=4, EMBED_BATCH_TIMEOUT=0.5, CACHE_DIR=cache_dir,
+                          LOG_LEVEL="DEBUG", LOG_FORMAT="json")
     yield server
     server.stop()
 
@@ -325,9 +327,11 @@ def test_model_batch_sizes_forward_times_and_availability(embed_server):
     url = embed_server.url
     before = scrape(url)
     image = photos.read("chelsea")
+    ids = [f"embed-{i}" for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: httpx.post(f"{url}/embed", files={"image_file": ("c.png", image)},
-                                                      data={"model": "mobilenet_v2"}, timeout=120), range(4)))
+        answers = list(pool.map(lambda rid: httpx.post(f"{url}/embed", files={"image_file": ("c.png", image)},
+                                                        data={"model": "mobilenet_v2"}, headers={"X-Request-ID": rid},
+                                                        timeout=120), ids))
     assert [a.status_code for a in answers] == [200] * 4
     after = scrape(url)
     images = value(after, "imageserver_model_batch_images_sum", model="mobilenet_v2") - value(
@@ -337,6 +341,12 @@ def test_model_batch_sizes_forward_times_and_availability(embed_server):
     forwards = value(after, "imageserver_model_forward_seconds_count", model="mobilenet_v2") - value(
         before, "imageserver_model_forward_seconds_count", model="mobilenet_v2")
     assert images == 4 and 1 <= calls < 4 and forwards == calls  # batched: fewer forwards than images
+    # each forward's debug line names the requests whose images it ran, all four once
+    time.sleep(0.3)
+    forward_lines = [entry for entry in map(json.loads, embed_server.log.read_text(errors="replace").splitlines())
+                     if entry.get("stage") == "forward" and set(entry.get("request_id", "").split(",")) & set(ids)]
+    named = [rid for entry in forward_lines for rid in entry["request_id"].split(",")]
+    assert sorted(named) == ids and all(e["images"] == len(e["request_id"].split(",")) for e in forward_lines)
     assert value(after, "imageserver_model_forward_seconds_sum", model="mobilenet_v2") > 0
     assert value(after, "imageserver_model_available", model="mobilenet_v2") == 1
     for name in ("clip_vit_b_32", "dino_v2"):  # loaded or not (weights this machine may lack): 1 or 0, never left out
