@@ -139,7 +139,7 @@ def main() -> None:
         settings = load_settings()
         server = build_server(settings)
     except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        logs.startup_failure(f"configuration error: {exc}")
         sys.exit(2)
     logs.configure(settings.log_level, settings.log_format)
     if settings.metrics:  # before any worker or HTTP process starts: they inherit it (telemetry/metrics.py)

@@ -13,6 +13,7 @@ otherwise print bare warnings through Python's last-resort handler.
 import contextvars
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -112,6 +113,16 @@ def adopt_library_loggers() -> None:
         for old in logger.handlers[:]:
             logger.removeHandler(old)
         logger.propagate = True
+
+
+def startup_failure(message: str) -> None:
+    """A failure before the settings are read (a bad variable): one line on stderr, a JSON object when
+    LOG_FORMAT=json, else the message alone."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        record = logging.makeLogRecord({"name": "imageserver", "levelno": logging.CRITICAL, "levelname": "CRITICAL",
+                                        "msg": message})
+        message = JsonFormatter().format(record)
+    print(message, file=sys.stderr)
 
 
 class WorkerLogging(Callback):

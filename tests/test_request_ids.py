@@ -5,6 +5,7 @@ line formats on real log records."""
 import json
 import logging
 import re
+import subprocess
 import sys
 import time
 
@@ -14,7 +15,7 @@ import pytest
 
 from telemetry.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id
 from tests import photos
-from tests.conftest import start_server
+from tests.conftest import ROOT, server_env, start_server
 from tests.test_workers import worker_pids
 
 REQUIRED = {"time", "level", "logger", "pid", "message"}
@@ -104,6 +105,14 @@ def test_every_line_of_every_process_is_one_json_object(json_server):
     # the main process, both HTTP processes and the workers all wrote some
     assert json_server.pid in pids and len(pids & worker_pids(json_server.pid)) >= 1
     assert len(pids & (children - worker_pids(json_server.pid))) >= 2
+
+
+def test_a_configuration_error_is_one_json_line_too():
+    result = subprocess.run([sys.executable, "server.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=server_env(LOG_FORMAT="json", PORT="eighty"))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["message"].startswith("configuration error: PORT='eighty'")
 
 
 # ---------------------------------------------------------------- the two formats, on real records
