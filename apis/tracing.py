@@ -27,9 +27,9 @@ class Traced:
 def traced_decode(decode_request):
     @functools.wraps(decode_request)
     def decode(self, request, *args, **kwargs):
-        rid = None
-        if isinstance(request, Traced):
-            rid, request = request.request_id, _record_wait(self, request)
+        if not isinstance(request, Traced):  # a subclass's call to its parent's decode_request: already traced
+            return decode_request(self, request, *args, **kwargs)
+        rid, request = request.request_id, _record_wait(self, request)
         self._decoded_ids.append(rid)
         token = request_id.set(rid)
         try:
@@ -44,10 +44,14 @@ def traced_decode(decode_request):
 def traced_answer(encode_response):
     @functools.wraps(encode_response)
     def encode(self, output, *args, **kwargs):
+        if getattr(self, "_answering", False):  # a subclass's call to its parent's: the id is already set
+            return encode_response(self, output, *args, **kwargs)
         token = request_id.set(self._answer_ids.pop(0) if self._answer_ids else None)
+        self._answering = True
         try:
             return encode_response(self, output, *args, **kwargs)
         finally:
+            self._answering = False
             request_id.reset(token)
 
     return encode
