@@ -440,7 +440,7 @@ def test_one_failed_panel_leaves_the_others_filled(page, page_server):
     settled(page, choose(page, "astronaut"))
     refused = httpx.post(f"{page_server}/remove-background", files={"file": ("a.png", photos.read("astronaut"))},
                          data={"model": "u2net"}, timeout=60)
-    assert refused.status_code == 503
+    assert refused.status_code in (422, 503)  # not one of BACKGROUND_MODELS
     assert visible_error(page, "#background > .error") == refused.json()["detail"]
     assert page.locator("#stats .swatch").count() == 2
     assert page.locator("#analysis rect.box.face").count() == 1
