@@ -31,10 +31,10 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 log = logging.getLogger("imageserver.stages")
 
 
-def enable(folder: str) -> None:
+def enable(path: str) -> None:
     """Turn metrics on for this process and every process it starts from now on (main process only)."""
-    os.makedirs(folder, exist_ok=True)
-    os.environ[ENV] = folder
+    os.makedirs(path, exist_ok=True)
+    os.environ[ENV] = path
     _metrics.cache_clear()
 
 
