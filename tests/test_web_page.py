@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests import photos
-from tests.conftest import API_KEY, ROOT, start_server
+from tests.conftest import API_KEY, ROOT, free_port, start_server
 
 ARTIFACTS = ROOT / "test-artifacts"
 WEIGHTS_HOME = Path(os.environ.get("IMAGESERVER_TEST_MODEL_DIR", Path.home() / ".cache" / "imageserver-test"))
@@ -449,6 +449,36 @@ def test_one_failed_panel_leaves_the_others_filled(page, page_server):
     page.select_option("#bg-model", "u2netp")
     page.wait_for_selector("#background .after img", timeout=TIMEOUT)
     assert page.is_hidden("#background > .error")
+
+
+def test_with_the_index_down_search_and_gallery_say_so_and_the_other_panels_work(browser, model_dir, tmp_path_factory,
+                                                                                 server_logs, cache_dir):
+    """Elasticsearch unreachable (nothing listens on the port): the search panel and the gallery show the
+    server's 503 message, statistics and background removal answer as usual."""
+    closed = free_port()
+    server = start_server(server_logs, "web-page-index-down", CAPABILITIES="stats,search,background",
+                          WORKERS_PER_DEVICE=1, CACHE_DIR=cache_dir, DATA_DIR=tmp_path_factory.mktemp("index-down"),
+                          MODEL_DIR=model_dir, BACKGROUND_MODELS="u2netp", BACKGROUND_MODEL="u2netp",
+                          STORE_BACKEND="elasticsearch", ELASTICSEARCH_URL=f"http://127.0.0.1:{closed}",
+                          ELASTICSEARCH_TIMEOUT=2)
+    context, page = open_page(browser, server.url)
+    try:
+        settled(page, choose(page, "astronaut"))
+        data = photos.read("astronaut")
+        near = upload(server.url, "/search", "image", "a.png", data)
+        similar = upload(server.url, "/find_similar/", "file", "a.png", data)
+        assert near.status_code == similar.status_code == 503
+        assert visible_error(page, "#near-error") == near.json()["error"][0]
+        assert visible_error(page, "#similar-error") == similar.json()["detail"]
+        assert "unreachable" in near.json()["error"][0]
+        gallery = httpx.get(f"{server.url}/records", timeout=60)
+        assert gallery.status_code == 503 and visible_error(page, "#gallery > .error") == gallery.json()["detail"]
+        assert page.locator("#stats .swatch").count() == 2 and page.is_hidden("#stats > .error")
+        assert page.locator("#background .after img").count() == 1 and page.is_hidden("#background > .error")
+        assert "does not serve analysis" in page.inner_text("#analysis")
+    finally:
+        context.close()
+        server.stop()
 
 
 def test_a_body_over_the_limit_is_refused_in_the_servers_words(page, page_server):
