@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure bench-background photos weights install install-test clean
+.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure bench-background bench-soak photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -109,6 +109,10 @@ bench-search: install-test
 # /remove-background against rembg's remove() in process and rembg's own server (made once in /tmp/rembg-venv)
 bench-background: install-test
 	$(PY) -m bench.background
+
+# mixed traffic over every route, 10 minutes at 32 clients: 5xx and RSS growth per process role (`ARGS="--minutes 1"`: quick)
+bench-soak: install-test
+	$(PY) -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -165,6 +165,10 @@ def session_options(settings):
     options = ort.SessionOptions()
     options.intra_op_num_threads = worker_threads(settings)
     options.inter_op_num_threads = 1
+    # No CPU arena: with the batch axis dynamic, onnxruntime's arena reserves blocks for each batch size it
+    # meets and never frees them: u2netp's worker grew from 1.2 to 2.5 GB in a soak (bench/README.md, "Soak").
+    # Without it, plain malloc (models/runtime.py's settings) holds 0.95 GB, no slower than we could measure.
+    options.enable_cpu_mem_arena = False
     return options
 
 
