@@ -74,12 +74,12 @@ def words(choices, any_case: bool = False, blank: bool = False) -> str:
 
 YES_NO = {"anyOf": [BOOL, {"type": "string", "pattern": words(TRUE_WORDS + FALSE_WORDS, any_case=True)}],
           "description": f"true or false: a JSON boolean, or one of {', '.join(TRUE_WORDS + FALSE_WORDS)} (any case)"}
-FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "object", "null"],
-              "description": "any other field is ignored; each is sent once (a list would repeat it: 422)"}
 BLANK = {"type": "string", "pattern": f"^[{_SPACE}]*$"}
 BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII digits
 # 1-100 in at most 20 ASCII digits, spaces around, or only spaces (the default)
 LIMIT_TEXT = f"^[{_SPACE}]*(0{{0,19}}[1-9]|0{{0,18}}[1-9][0-9]|0{{0,17}}100)?[{_SPACE}]*$"
+# a form field is one text value: a list or an object would be sent as the field repeated
+FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
 DIGITS20 = {"type": "integer", "minimum": -(10**20 - 1), "maximum": 10**20 - 1}
 FILEPATH = {"type": "string", "minLength": 1, "maxLength": MAX_FILEPATH, "pattern": NOT_BLANK,
             "description": "the caller's name for the image (not a file the server opens)"}
@@ -105,25 +105,33 @@ def responses(ok: dict, errors=(), shape: str = "detail", auth: bool = False) ->
 
 
 def form_body(fields: dict, required=(), *, files=(), one_of=(), raw: bool = False, json: bool = True,
-              urlencoded: bool = True, encoded: dict | None = None, null_ok=()) -> dict:
+              urlencoded: bool = True, encoded: dict | None = None, null_ok=(), in_forms=None) -> dict:
     """The same fields as multipart, urlencoded form and JSON object. `files` are image fields: a file part in
     multipart, image text elsewhere; `one_of`: image fields of which exactly one is sent; `raw`: the image's
     bytes as the whole body is accepted too (Content-Type image/* or application/octet-stream); `null_ok`:
-    fields a JSON null leaves at their default (in a form, "null" is text like any other)."""
+    fields a JSON null leaves at their default (in a form, "null" is text like any other); `in_forms`: the
+    schemas of fields that a form (multipart or urlencoded) can only send as text."""
     def schema(file_parts: bool, as_json: bool) -> dict:
-        properties = {}
+        properties, needed, alternatives = {}, list(required), one_of
         for name, spec in fields.items():
+            # multipart: the image is the (first) file part; its aliases and the URL or base64 text fields go
+            # in JSON or a urlencoded form (one schema cannot say "this part or that one" to every generator)
+            if file_parts and files and one_of and name in one_of and name != files[0]:
+                continue
+            spec = (in_forms or {}).get(name, spec) if not as_json else spec
             spec = IMAGE_FILE if file_parts and name in files else spec
             properties[name] = nullable(spec) if as_json and name in null_ok else spec
+        if file_parts and files and one_of:
+            needed, alternatives = [*needed, files[0]], ()
         # MAX_FIELDS fields, not counting a multipart body's files (MAX_FILES of those)
-        most = MAX_FIELDS + (len(files) if file_parts else 0)
-        out = {"type": "object", "properties": properties, "maxProperties": most}
-        if not as_json:  # a list would be the same field sent twice, which is refused (422)
+        out = {"type": "object", "properties": properties,
+               "maxProperties": MAX_FIELDS + (len(files) if file_parts else 0)}
+        if not as_json:  # any other field is ignored, but a repeated one is refused (422)
             out["additionalProperties"] = FORM_VALUE
-        if required:
-            out["required"] = list(required)
-        if one_of:
-            out["oneOf"] = [{"required": [name]} for name in one_of]
+        if needed:
+            out["required"] = list(dict.fromkeys(needed))
+        if alternatives:
+            out["oneOf"] = [{"required": [name]} for name in alternatives]
         return out
 
     content = {"multipart/form-data": {"schema": schema(True, False)}}
@@ -182,7 +190,7 @@ def _analyze(settings, auth) -> dict:
     multipart = form_body({**images, "tasks_json": tasks}, ["tasks_json"], files=("image_file", "content"),
                           one_of=tuple(images), json=False, urlencoded=False, encoded={"tasks_json": {"contentType": "application/json"}})
     as_json = form_body({**images, "tasks": tasks}, ["tasks"], one_of=tuple(images), urlencoded=False)
-    multipart["content"].update(as_json["content"])
+    multipart["content"]["application/json"] = as_json["content"]["application/json"]
     ok = {200: answer("each task's result under its operation_id", ref("Analysis"))}
     description = ("Send exactly one image field and the tasks (JSON `tasks`, or the JSON text `tasks_json` in a "
                    "form). A task that cannot run is answered `error` in its result; the others still run.")
@@ -234,15 +242,19 @@ def _search(settings, auth) -> dict:
     add = form_body({**image_pair("url", "image"), "filepath": FILEPATH,
                      "metadata": {"type": "object", "description": "stored with the record (a JSON object; in a form "
                                                                    "its JSON text)"}},
-                    ["filepath"], files=("image",), one_of=("url", "image"), null_ok=("metadata",))
+                    ["filepath"], files=("image",), one_of=("url", "image"), null_ok=("metadata",), urlencoded=False)
     search = form_body({**image_pair("url", "image"), "all_orientations": {**YES_NO, "description": "also try the "
                         "image turned and mirrored (default true)"}}, files=("image",), one_of=("url", "image"),
                        raw=True, null_ok=("all_orientations",))
     compare = form_body({**image_pair("url1", "image1"), **image_pair("url2", "image2")},
                         files=("image1", "image2"), one_of=())
-    compare["content"] = {k: {**v, "schema": {**v["schema"], "allOf": [
-        {"oneOf": [{"required": ["url1"]}, {"required": ["image1"]}]},
-        {"oneOf": [{"required": ["url2"]}, {"required": ["image2"]}]}]}} for k, v in compare["content"].items()}
+    for media, item in compare["content"].items():
+        if media == "multipart/form-data":
+            item["schema"] = {**item["schema"], "required": ["image1", "image2"],
+                              "properties": {k: v for k, v in item["schema"]["properties"].items() if "url" not in k}}
+        else:
+            item["schema"]["allOf"] = [{"oneOf": [{"required": ["url1"]}, {"required": ["image1"]}]},
+                                       {"oneOf": [{"required": ["url2"]}, {"required": ["image2"]}]}]
     out = {
         ("/add", "post"): operation("addImage", "Index an image under a filepath", "near-duplicates",
                                     {200: answer("indexed (the same filepath again replaces it)", ref("MatchEmpty"))},
@@ -332,7 +344,7 @@ def _background(settings, auth) -> dict:
                         "format": {"type": "string", "pattern": words(["png", "webp", "json"], any_case=True, blank=True),
                                    "description": "png (the default), webp, or json: the image in base64 in JSON"}},
                        files=("file", "image"), one_of=("file", "image", "image_url", "image_base64"),
-                       null_ok=(*options, "format"))
+                       null_ok=(*options, "format"), in_forms={"bgcolor": colour["anyOf"][0]})
     rembg_fields = {"model": model, "a": flag, "af": number(255, 240), "ab": number(255, 10),
                     "ae": number(MAX_ERODE, 10), "om": flag, "ppm": flag, "dc": flag,
                     "vm": {"anyOf": [{"const": False}, {"type": "string", "pattern": words(FALSE_WORDS, any_case=True)}],
@@ -345,7 +357,8 @@ def _background(settings, auth) -> dict:
     record_body = form_body({"image": image_text("the image"), "file": image_text("the image"),
                              "name": {"type": "string", "minLength": 1, "maxLength": GALLERY_NAME_MAX,
                                       "pattern": NOT_BLANK}, **options},
-                            ["name"], files=("image", "file"), one_of=("image", "file"), null_ok=tuple(options))
+                            ["name"], files=("image", "file"), one_of=("image", "file"), null_ok=tuple(options),
+                            in_forms={"bgcolor": colour["anyOf"][0]})
     record_errors = (*WORKER_ERRORS, 403, 409)
     record_id = query("record_id", {"type": "string"}, "the record's id", where="path")
     user = query(USER_COOKIE, {"type": "string"}, "the signed user cookie the server sets on a first visit: a "
@@ -483,7 +496,9 @@ def document(app, settings) -> dict:
         "info": {"title": "imageserver", "version": "0.1.0",
                  "description": "Image statistics, analysis, embeddings, near-duplicate and similar-image search, "
                                 "background removal. Each route answers its errors in the shape its clients "
-                                "parse; every answer carries X-Request-ID."},
+                                "parse; every answer carries X-Request-ID. An image goes as a multipart file "
+                                "part, as a URL the server fetches (format uri) or as base64 text (format byte); "
+                                "the URL and base64 fields of a JSON body also work as multipart text fields."},
         "tags": [tag for tag in TAGS if tag["name"] in used],
         "paths": paths,
         "components": {"schemas": SCHEMAS},
