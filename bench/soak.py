@@ -146,7 +146,7 @@ def main() -> None:
     verdict = lambda ok: "met" if ok else "MISSED"
     print(f"goal: zero 5xx: {five} ({verdict(five == 0)}); RSS growth after the first minute under "
           f"{GOAL_GROWTH_PCT}%: " + (f"{total_growth:+.2f}% ({verdict(total_growth < GOAL_GROWTH_PCT)})"
-                                     if total_growth is not None else "not measured (the load ran under a minute)"))
+                                     if total_growth is not None else "not measured (the load ran under 90 s)"))
 
     report = {"date": datetime.date.today().isoformat(), "machine": info, "args": vars(args), "server_env": settings_env,
               "seconds": round(seconds, 1), "requests": sum(r["requests"] for r in rows),

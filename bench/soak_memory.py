@@ -110,9 +110,10 @@ def at(samples: list[dict], seconds: float) -> dict | None:
 
 
 def growth(samples: list[dict], after: float) -> dict:
-    """Per role (and "total"): RSS at `after` seconds and at the last sample, in MiB, and the growth in %."""
+    """Per role (and "total"): RSS at `after` seconds and at the last sample, in MiB, and the growth in %;
+    {} when the load did not run at least 30 s past `after`."""
     start, end = at(samples, after), samples[-1] if samples else None
-    if start is None or end is None or end is start:
+    if start is None or end is None or end["t"] - start["t"] < 30:  # a shorter span says nothing of a trend
         return {}
     out = {}
     for role in sorted(set(start["roles"]) | set(end["roles"])) + ["total"]:
