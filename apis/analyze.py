@@ -48,6 +48,7 @@ def parse_tasks(fields: dict, settings) -> list:
         raise InputError(422, "tasks must be a non-empty list of {operation_id, type, params}")
     if len(raw) > settings.max_tasks:
         raise InputError(422, f"at most {settings.max_tasks} tasks per request (MAX_TASKS), got {len(raw)}")
+    raw = [task for i, task in enumerate(raw) if task not in raw[:i]]  # a task sent twice is run once
     ids = [t.get("operation_id") if isinstance(t, dict) else None for t in raw]
     for op_id in ids:
         if not isinstance(op_id, str) or not op_id:

@@ -32,6 +32,8 @@ MAX_FILEPATH = 4096  # characters; the filepath is the caller's name for the ima
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 1000
 MAX_OFFSET = 2**62  # beyond any index, inside SQLite's 64-bit integers
+# a character outside JSON Schema's (ECMAScript's) \s: the document's `\S` pattern, so both agree on blank
+_NOT_BLANK = re.compile("[^\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -117,7 +119,7 @@ def integer(fields: dict, name: str, default: int) -> int:
 
 def filepath_field(fields: dict) -> str:
     path = text_field(fields, "filepath", required=True)
-    if not path.strip():
+    if not _NOT_BLANK.search(path):
         raise InputError(400, "field 'filepath' is empty")
     if len(path) > MAX_FILEPATH:
         raise InputError(400, f"field 'filepath' is {len(path)} characters; the limit is {MAX_FILEPATH}")

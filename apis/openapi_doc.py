@@ -72,7 +72,7 @@ def words(choices, any_case: bool = False, blank: bool = False) -> str:
     return f"^[{_SPACE}]*({alternatives}){'?' if blank else ''}[{_SPACE}]*$"
 
 
-YES_NO = {"anyOf": [BOOL, {"type": "string", "pattern": words(TRUE_WORDS + FALSE_WORDS, any_case=True)}],
+YES_NO = {"anyOf": [BOOL, {"enum": [0, 1]}, {"type": "string", "pattern": words(TRUE_WORDS + FALSE_WORDS, any_case=True)}],
           "description": f"true or false: a JSON boolean, or one of {', '.join(TRUE_WORDS + FALSE_WORDS)} (any case)"}
 BLANK = {"type": "string", "pattern": f"^[{_SPACE}]*$"}
 BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII digits
@@ -81,7 +81,7 @@ LIMIT_TEXT = f"^[{_SPACE}]*(0{{0,19}}[1-9]|0{{0,18}}[1-9][0-9]|0{{0,17}}100)?[{_
 # a form field is one text value: a list or an object would be sent as the field repeated
 FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
 DIGITS20 = {"type": "integer", "minimum": -(10**20 - 1), "maximum": 10**20 - 1}
-FILEPATH = {"type": "string", "minLength": 1, "maxLength": MAX_FILEPATH, "pattern": NOT_BLANK,
+FILEPATH = {"type": "string", "minLength": 1, "maxLength": MAX_FILEPATH, "pattern": "\\S",
             "description": "the caller's name for the image (not a file the server opens)"}
 
 
@@ -222,7 +222,7 @@ def _embed(auth) -> dict:
     models = [*names("embedder"), *embedders()]
     body = form_body({**{name: image_text("the image") for name in images},
                       "model": {"enum": models, "description": "an embedder; default clip_vit_b_32"},
-                      "normalize": {"anyOf": [BOOL, {"type": "string", "pattern": words(
+                      "normalize": {"anyOf": [BOOL, {"enum": [0, 1]}, {"type": "string", "pattern": words(
                           TRUE_WORDS + FALSE_WORDS, any_case=True, blank=True)}],
                                     "description": "L2-normalise the vector: true or false (as for YES_NO); default false, "
                                                    "an empty form field too"}},
@@ -347,7 +347,7 @@ def _background(settings, auth) -> dict:
                        null_ok=(*options, "format"), in_forms={"bgcolor": colour["anyOf"][0]})
     rembg_fields = {"model": model, "a": flag, "af": number(255, 240), "ab": number(255, 10),
                     "ae": number(MAX_ERODE, 10), "om": flag, "ppm": flag, "dc": flag,
-                    "vm": {"anyOf": [{"const": False}, {"type": "string", "pattern": words(FALSE_WORDS, any_case=True)}],
+                    "vm": {"anyOf": [{"enum": [False, 0]}, {"type": "string", "pattern": words(FALSE_WORDS, any_case=True)}],
                            "description": "ViTMatte: not available here, only false is accepted"}}
     rembg_body = form_body({"file": IMAGE_FILE, **rembg_fields}, ["file"], files=("file",), json=False,
                            urlencoded=False)

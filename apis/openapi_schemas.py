@@ -69,7 +69,8 @@ ANSWERS = {
     }),
     "Task": obj({
         "operation_id": {"type": "string", "minLength": 1, "maxLength": 256,
-                         "description": "the key of this task's result; unique within the request"},
+                         "description": "the key of this task's result: two different tasks with one id are "
+                                        "refused (422), the same task sent twice runs once"},
         "type": {"description": "an operation of GET /available_operations/ (an unknown one makes this task `error`)",
                  "examples": ["detect_bounding_box", "embed_clip_vit_b_32", "describe_image", "classify"]},
         "params": {"description": "target, face_context, prominent, max_length, collection_id (a bad one makes "

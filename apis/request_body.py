@@ -155,6 +155,8 @@ def yes_no(value, what: str, status: int, blank: bool | None = None) -> bool:
     answers an empty form field (None: it is refused like any other word)."""
     if isinstance(value, bool):
         return value
+    if type(value) is int and value in (0, 1):  # JSON 0 and 1, as the words "0" and "1" in a form
+        return bool(value)
     if isinstance(value, str):
         if blank is not None and not value.strip():
             return blank
