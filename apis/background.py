@@ -92,6 +92,8 @@ def _number(fields: dict, name: str, default: int, low: int, high: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # JSON Schema's integer takes 86.0
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InputError(422, f"{name} must be an integer from {low} to {high}, not {shown(value)}")
     try:

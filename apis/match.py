@@ -106,6 +106,8 @@ def integer(fields: dict, name: str, default: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
+    if isinstance(value, float) and value.is_integer() and abs(value) < 10**20:  # JSON Schema's integer takes 75.0
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InputError(400, f"field '{name}' must be an integer, not {shown(value)}")
     if isinstance(value, int):  # the same bound as form text's 20 digits

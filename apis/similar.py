@@ -47,7 +47,7 @@ def _limit(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         limit = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 20:
-        limit = int(value)
+        limit = int(value.strip())  # int() itself does not strip every kind of space
     if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {shown(value)}")
     return limit
