@@ -287,7 +287,7 @@ VARIABLES = {
     "NUM_API_SERVERS": ("num_api_servers", lambda n, r: _int(n, r, 1, 64), "1-64", "HTTP front-end processes"),
     "WORKERS_PER_DEVICE": ("workers_per_device", lambda n, r: _int(n, r, 1, 64), "1-64", "inference workers per device"),
     "TORCH_THREADS": (
-        "torch_threads", lambda n, r: _int(n, r, 0, 256), "0-256", "torch threads per model worker; 0: cores / WORKERS_PER_DEVICE",
+        "torch_threads", lambda n, r: _int(n, r, 0, 256), "0-256", "torch threads per model worker; 0: cores / (WORKERS_PER_DEVICE x model capabilities)",
     ),
     "ACCELERATOR": ("accelerator", lambda n, r: _choice(n, r, ACCELERATORS), "|".join(ACCELERATORS), "where models run"),
     "REQUEST_TIMEOUT": (

@@ -2,8 +2,8 @@
 
 Each class below is one rembg session kind (`session_name`) and one catalogue line. `load` finds the
 graph through models/weights.py (md5 checked), and opens it with onnxruntime on the worker's device with
-its share of the cores (models/runtime.py's rule: TORCH_THREADS, or cores // WORKERS_PER_DEVICE), so two
-workers never oversubscribe the CPU. `forward(images, removals)` returns, per image, exactly what
+its share of the cores (models/runtime.py's rule: TORCH_THREADS, or cores // (WORKERS_PER_DEVICE x model
+capabilities)), so two workers never oversubscribe the CPU. `forward(images, removals)` returns, per image, exactly what
 `rembg.remove(image, session=<this session>, <the same options>)` returns: rembg computes the mask and
 rembg's own `remove` cuts it out (alpha matting, decontamination, background colour), so no option is
 re-implemented here. `crop` is ours, applied last.

@@ -3,7 +3,9 @@
 Threads: each inference worker is its own process, and torch sizes its OpenMP pool to every core by
 default. Two workers (or one worker beside the HTTP process and the image decoder) then oversubscribe
 the cores, and OpenMP's spinning threads collapse under contention. So each worker takes its share:
-TORCH_THREADS, or cores // WORKERS_PER_DEVICE.
+TORCH_THREADS, or cores // (WORKERS_PER_DEVICE x the capabilities served that run models), since every
+such capability has its own workers busy at once under mixed traffic (bench/README.md, "Soak": on 2
+cores with four model capabilities, 2 threads each gave /analyze 504s and 1 thread each none).
 
 Allocator: a batched forward allocates tens of MB of activations; glibc returns them to the kernel after
 each call (mmap for large blocks, heap trimming) and faults them back in on the next. Keeping them (a
@@ -36,10 +38,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+MODEL_CAPABILITIES = ("analyze", "embed", "search", "background")  # /stats runs no model
+
+
 def worker_threads(settings) -> int:
     if settings.torch_threads:
         return settings.torch_threads
-    return max(1, usable_cores() // settings.workers_per_device)
+    model_capabilities = max(1, sum(name in MODEL_CAPABILITIES for name in settings.capabilities))
+    return max(1, usable_cores() // (settings.workers_per_device * model_capabilities))
 
 
 def _mallopt(parameters: dict[int, int]) -> bool:

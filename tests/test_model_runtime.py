@@ -13,10 +13,22 @@ from tests.conftest import ROOT
 
 def test_workers_share_the_cores_unless_torch_threads_is_set():
     cores = usable_cores()
-    assert worker_threads(Settings(workers_per_device=1)) == cores
-    assert worker_threads(Settings(workers_per_device=cores)) == 1
-    assert worker_threads(Settings(workers_per_device=cores * 4)) == 1  # never 0
-    assert worker_threads(replace(Settings(workers_per_device=1), torch_threads=3)) == 3
+    one = Settings(workers_per_device=1, capabilities=("embed",))
+    assert worker_threads(one) == cores
+    assert worker_threads(replace(one, capabilities=("stats", "embed"))) == cores  # /stats runs no model
+    assert worker_threads(replace(one, workers_per_device=cores)) == 1
+    assert worker_threads(replace(one, workers_per_device=cores * 4)) == 1  # never 0
+    assert worker_threads(replace(one, torch_threads=3)) == 3
+
+
+def test_every_model_capability_served_takes_its_share_of_the_cores():
+    """Under mixed traffic each model capability's workers run at once: 2 threads each on 2 cores gave /analyze
+    504s in the soak, 1 each none (bench/README.md, "Soak")."""
+    cores = usable_cores()
+    four = Settings(workers_per_device=1, capabilities=("stats", "analyze", "embed", "search", "background"))
+    assert worker_threads(four) == max(1, cores // 4)
+    assert worker_threads(replace(four, workers_per_device=2)) == max(1, cores // 8)
+    assert worker_threads(replace(four, torch_threads=2)) == 2
 
 
 def _configure_in_child(env_extra: dict) -> str:
