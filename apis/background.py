@@ -117,7 +117,9 @@ def _bgcolor(value, name: str) -> tuple[int, int, int, int] | None:
         parts = None
     try:
         # ASCII digits only: int() also takes "+5", "1_0" and other scripts' digits
+        # and a JSON 248.0 is the integer 248, as JSON Schema (and the document) says
         channels = [p if isinstance(p, int) and not isinstance(p, bool) else
+                    int(p) if isinstance(p, float) and p.is_integer() else
                     int(p) if isinstance(p, str) and p.isascii() and p.isdigit() else None for p in parts or ()]
     except ValueError:
         channels = [None]
