@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PRETTY := $(shell command -v jq >/dev/null 2>&1 && echo "jq ." || echo "python3 -m json.tool")
 SNOWMAN_URL := https://huggingface.co/microsoft/kosmos-2-patch14-224/resolve/main/snowman.png
 
-.PHONY: run test test-fast curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure bench-background bench-soak photos weights install install-test clean
+.PHONY: run test test-fast test-schemathesis curl-test client-test client-search-demo chromium bench bench-analyze bench-search bench-backpressure bench-background bench-soak photos weights install install-test clean
 
 # The environment is (re)built only when pyproject.toml changes, so a second `make run` starts at once.
 $(VENV)/.installed: pyproject.toml
@@ -30,7 +30,12 @@ run: install
 	PORT=$(PORT) $(PY) server.py
 
 test: install-test chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not schemathesis"
+
+# schemathesis (all checks, positive and negative data) against a live server with every capability: about
+# 10 minutes on 2 cores; not in `make test` until its run finds nothing (tests/test_schemathesis.py)
+test-schemathesis: install-test
+	$(PY) -m pytest -q -m schemathesis
 
 # Every test that starts no server process, drives no browser and is not marked slow (seconds each: model
 # inference, corpus evaluations, children that import torch): about a minute on 2 cores. tests/conftest.py

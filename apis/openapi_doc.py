@@ -79,9 +79,7 @@ BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII 
 # 1-100 in at most 20 ASCII digits, spaces around, or only spaces (the default)
 LIMIT_TEXT = f"^[{_SPACE}]*(0{{0,19}}[1-9]|0{{0,18}}[1-9][0-9]|0{{0,17}}100)?[{_SPACE}]*$"
 # a form field is one text value: a list or an object would be sent as the field repeated
-# a form field is text, whatever JSON it holds (an object's text is ignored like any other); only a list,
-# sent as the same field repeated, is refused
-FORM_VALUE = {"not": {"type": "array"}}
+FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
 DIGITS20 = {"type": "integer", "minimum": -(10**20 - 1), "maximum": 10**20 - 1}
 FILEPATH = {"type": "string", "minLength": 1, "maxLength": MAX_FILEPATH, "pattern": "\\S",
             "description": "the caller's name for the image (not a file the server opens)"}

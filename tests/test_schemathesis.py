@@ -20,6 +20,10 @@ from classifier_training import train, write
 from tests.conftest import ROOT, start_server
 from tests.tiny_models import build_random_person_detector, build_tiny_blip, build_tiny_clip, build_tiny_dino
 
+# not in `make test` yet: its last full run still found failures (the OpenAPI work is open);
+# `make test-schemathesis` runs it
+pytestmark = pytest.mark.schemathesis
+
 WEIGHTS_HOME = Path(os.environ.get("IMAGESERVER_TEST_MODEL_DIR", Path.home() / ".cache" / "imageserver-test"))
 MAX_EXAMPLES = 5  # per operation and phase: 46 operations in a few minutes on 2 cores
 REQUEST_TIMEOUT = 120  # seconds, the server's
