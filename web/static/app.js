@@ -5,13 +5,26 @@
 
 const Page = (() => {
   const $ = (id) => document.getElementById(id);
+
+  // The newest request wins: each call aborts the previous one's requests (and is aborted with `outer`, a
+  // caller's signal), and its context's current() is false once a newer call is made, so a late answer
+  // for an older image or choice is dropped.
+  function latestOnly() {
+    let latest = 0, controller = null;
+    return (outer) => {
+      if (controller) controller.abort();
+      const mine = controller = new AbortController();
+      if (outer) outer.addEventListener("abort", () => mine.abort());
+      const number = ++latest;
+      return { signal: mine.signal, current: () => number === latest };
+    };
+  }
+
   const KEY_STORE = "pictrace-api-key";  // the server's key page (apis/auth.py) writes the same name
   const panels = [];
   let config = null;        // GET /page/config: the capabilities served here and their choices
   let configReady = null;   // its promise: panels wait for it before their first request
   let source = null;        // {file, url, name, preview}: the image every panel works on
-  let generation = 0;       // a newer image wins: answers for an older one are dropped
-  let controller = null;    // aborts the requests of the image being replaced
 
   // ---- API key: local storage for the page's requests (header), a SameSite=Strict cookie for <img> and the page
   // load itself, which the server accepts on GET and HEAD only (apis/auth.py)
@@ -153,14 +166,13 @@ const Page = (() => {
     for (const panel of panels) panel.idle && panel.idle();
   }
 
+  const newImage = latestOnly();  // a newer image wins: the requests for the one replaced are aborted
+
   // every panel gets the image at the same moment: their requests are in flight together
   async function run(next) {
     await configReady;
     if (!config) return;
-    if (controller) controller.abort();
-    controller = new AbortController();
-    const mine = ++generation;
-    const context = { signal: controller.signal, current: () => mine === generation };
+    const context = newImage();
     for (const panel of panels) {
       Promise.resolve().then(() => panel.run(next, context)).catch((err) => {
         if (err && err.name === "AbortError") return;
@@ -249,7 +261,7 @@ const Page = (() => {
   loadConfig();
 
   return {
-    $, el, box, call, headers, errorText, showError, imageField, serves, formatBytes,
+    $, el, box, call, headers, errorText, showError, imageField, serves, formatBytes, latestOnly,
     get source() { return source; },
     get config() { return config; },
     rerun() { if (source) run(source); },

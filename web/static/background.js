@@ -41,14 +41,7 @@
   model.addEventListener("change", () => { if (Page.source) removeBackground(Page.source, fresh()); });
 
   // a model change re-asks the server for the same image; the newest request wins
-  let latest = 0, controller = null;
-  function fresh(outer) {
-    if (controller) controller.abort();
-    controller = new AbortController();
-    if (outer) outer.addEventListener("abort", () => controller.abort());
-    const mine = ++latest;
-    return { signal: controller.signal, current: () => mine === latest };
-  }
+  const fresh = Page.latestOnly();
 
   function side(title, src, className) {
     const img = el("img", { alt: `${title}: ${lastSource.name}`, referrerpolicy: "no-referrer" });

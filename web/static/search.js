@@ -78,13 +78,9 @@
     list.replaceChildren(...matches.map((m) => card(m, "similar")));
   }
 
-  let latest = 0, controller = null;
+  const fresh = Page.latestOnly();
   function searchBoth(outer) {
-    if (controller) controller.abort();
-    controller = new AbortController();
-    if (outer) outer.addEventListener("abort", () => controller.abort());
-    const mine = ++latest;
-    const ctx = { signal: controller.signal, current: () => mine === latest };
+    const ctx = fresh(outer);
     pending = 0;
     // two routes, sent together: neither waits for the other, and one failing leaves the other's answer
     return Promise.all([near, similar].map(async (one) => {
