@@ -100,6 +100,20 @@ def rss_bytes() -> int:
         return 0
 
 
+PR_SET_NAME = 15  # prctl option (linux/prctl.h)
+
+
+def name_process(name: str) -> bool:
+    """Set this process's short name (what top, ps -o comm and psutil's name() show; 15 bytes at most) so
+    an operator can tell the workers apart; False where the platform has no prctl."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _trim() -> bool:
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))

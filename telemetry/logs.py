@@ -20,6 +20,8 @@ import time
 
 from litserve.callbacks import Callback
 
+from models.runtime import name_process
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 FORMATS = ("text", "json")
@@ -126,10 +128,16 @@ def startup_failure(message: str) -> None:
 
 
 class WorkerLogging(Callback):
-    """Configures logging in each spawned model worker, before its setup() loads models."""
+    """Configures logging in each spawned model worker, before its setup() loads models, and names the
+    worker's process after its capability ("img-search" in top and ps -o comm)."""
 
     def __init__(self, level: str, log_format: str):
         self.level, self.log_format = level, log_format
 
-    def on_before_setup(self, *args, **kwargs):
+    def on_before_setup(self, *args, lit_api=None, **kwargs):
         configure(self.level, self.log_format)
+        name_process(worker_name(getattr(lit_api, "capability", "worker")))
+
+
+def worker_name(capability: str) -> str:
+    return f"img-{capability}"

@@ -11,6 +11,7 @@ import httpx
 import psutil
 import pytest
 
+from telemetry.logs import worker_name
 from tests import photos
 from tests.conftest import start_server
 
@@ -48,14 +49,18 @@ def worker_pids(server_pid: int) -> set[int]:
     return found
 
 
-def worker_of(url: str, server_pid: int, capability: str) -> int:
-    """The one worker whose CPU time grows while `capability` answers a few requests."""
-    pids = worker_pids(server_pid)
-    before = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids}
-    for _ in range(3):
-        assert send(url, capability).status_code == 200
-    grown = {pid: sum(psutil.Process(pid).cpu_times()[:2]) - before[pid] for pid in pids}
-    return max(grown, key=grown.get)
+def worker_of(server_pid: int, capability: str) -> int:
+    """The one worker serving `capability`: each names its process after its capability."""
+    named = [pid for pid in worker_pids(server_pid) if process_name(pid) == worker_name(capability)]
+    assert len(named) == 1, (capability, {pid: process_name(pid) for pid in worker_pids(server_pid)})
+    return named[0]
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +109,8 @@ class Load:
 @pytest.mark.parametrize("capability", CAPABILITIES)
 def test_killed_worker_is_restarted_its_requests_get_503_and_the_rest_keeps_serving(all_capabilities, capability):
     url, server_pid = all_capabilities.url, all_capabilities.pid
-    victim = worker_of(url, server_pid, capability)
+    victim = worker_of(server_pid, capability)
+    assert send(url, capability).status_code == 200
     others = [c for c in CAPABILITIES if c != capability]
     with Load(url, capability) as load:
         time.sleep(1.0)
@@ -145,7 +151,7 @@ def test_request_lost_to_a_worker_killed_while_idle_gets_503_while_those_queued_
     socket: that request never starts. It must get its 503 promptly even while later requests wait in
     the queue for the replacement worker (and those must be served, not refused)."""
     url, server_pid = all_capabilities.url, all_capabilities.pid
-    victim = worker_of(url, server_pid, "search")
+    victim = worker_of(server_pid, "search")
     time.sleep(0.5)  # idle: blocked in the queue's get
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
