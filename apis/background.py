@@ -230,8 +230,10 @@ async def read_removal_request(request: Request):
     try:
         if path == SEED_PATH:
             await _checked(same_site_only, request)  # a 403: another site's form is refused, not redirected
+            # a body that cannot be read as one form (a field given twice, not a form) is a 4xx as on every
+            # route: no browser sends one; the seed's redirect answers what its form can send
+            fields = await read_fields(request, raw_field="image", empty_ok=True)  # a form of nothing: its message
             try:
-                fields = await read_fields(request, raw_field="image")
                 name = record_name(fields.get("name"))
                 data = await image_bytes(fields, "image", settings)
                 parsed = RemovalRequest("seed", None, settings.background_model, removal_options({}),

@@ -78,8 +78,10 @@ BLANK = {"type": "string", "pattern": f"^[{_SPACE}]*$"}
 BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII digits
 # 1-100 in at most 20 ASCII digits, spaces around, or only spaces (the default)
 LIMIT_TEXT = f"^[{_SPACE}]*(0{{0,19}}[1-9]|0{{0,18}}[1-9][0-9]|0{{0,17}}100)?[{_SPACE}]*$"
-# a form field is one text value: a list or an object would be sent as the field repeated
+# a form field is one text value: a list would be sent as the field repeated (refused, 422), and so would an
+# object in a urlencoded form (its keys); a multipart part holding an object holds its JSON text, ignored
 FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}
+PART_VALUE = {"type": ["string", "number", "integer", "boolean", "null", "object"]}
 DIGITS20 = {"type": "integer", "minimum": -(10**20 - 1), "maximum": 10**20 - 1}
 FILEPATH = {"type": "string", "minLength": 1, "maxLength": MAX_FILEPATH, "pattern": "\\S",
             "description": "the caller's name for the image (not a file the server opens)"}
@@ -127,7 +129,7 @@ def form_body(fields: dict, required=(), *, files=(), one_of=(), raw: bool = Fal
         out = {"type": "object", "properties": properties,
                "maxProperties": MAX_FIELDS + (len(files) if file_parts else 0)}
         if not as_json:  # any other field is ignored, but a repeated one is refused (422)
-            out["additionalProperties"] = FORM_VALUE
+            out["additionalProperties"] = PART_VALUE if file_parts else FORM_VALUE
         if needed:
             out["required"] = list(dict.fromkeys(needed))
         if alternatives:
@@ -416,10 +418,12 @@ def _background(settings, auth) -> dict:
             "galleryCreate", "The gallery form: create a record, then back to /", "gallery form",
             {302: {"description": "to / with the outcome in X-Message, whether it worked or not", "headers": redirect}},
             body={**form_body({"name": STR, "image": IMAGE_FILE}, files=("image",), json=False), "required": False},
-            errors=(400, 403, 503, 504), auth=auth,
-            description="Every outcome is a 302 with the seed's message: \"Image generated successfully\", "
-                        "\"Max limit reached. Please remove a record.\", \"Failed to generate the image\" (the "
-                        "fields could not be read) or \"Something went wrong\"."),
+            errors=(400, 403, 413, 422, 503, 504), auth=auth,
+            description="Every outcome of a form a browser can send is a 302 with the seed's message: \"Image "
+                        "generated successfully\", \"Max limit reached. Please remove a record.\", \"Failed to "
+                        "generate the image\" (no image, not an image, a bad name) or \"Something went wrong\". A "
+                        "body that cannot be read as one form (not a form, a field given twice, too large) is "
+                        "answered 4xx with its detail, as on every route."),
         ("/update/{record_id}", "put"): operation(
             "galleryRename", "The gallery's rename", "gallery form",
             {200: answer("{\"message\": \"success\"}", ref("GalleryMessage"))},

@@ -40,10 +40,11 @@ class Upload:
     data: bytes
 
 
-async def read_fields(request: Request, raw_field: str) -> dict:
+async def read_fields(request: Request, raw_field: str, empty_ok: bool = False) -> dict:
     """Form, multipart or JSON object -> {name: str | Upload | JSON value}.
 
-    A raw image body (Content-Type image/* or application/octet-stream) becomes the field `raw_field`.
+    A raw image body (Content-Type image/* or application/octet-stream) becomes the field `raw_field`. No body
+    at all is a 400, or no fields when `empty_ok`.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
@@ -62,6 +63,8 @@ async def read_fields(request: Request, raw_field: str) -> dict:
     if content_type.startswith(_RAW_TYPES):
         return {raw_field: Upload("", content_type, body)}
     if not body.strip():
+        if empty_ok:
+            return {}
         raise InputError(
             400, f"the request body is empty: send multipart field '{raw_field}' or JSON {{\"{raw_field}\": ...}}"
         )

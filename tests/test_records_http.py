@@ -175,6 +175,12 @@ def test_the_gallery_forms_routes(rec_server):
     bad = dave.post("/", files={"image": ("a.txt", b"not an image at all")}, data={"name": "x"},
                     follow_redirects=False)
     assert bad.status_code == 302 and bad.headers["x-message"] == "Failed to generate the image"
+    # a body no browser's form sends (a field given twice) is a 4xx naming it, as on every route, not a redirect
+    twice = dave.post("/", files=[("image", ("a.png", photos.read("chelsea"))), ("name", (None, "a")),
+                                  ("name", (None, "b"))], follow_redirects=False)
+    assert twice.status_code == 422 and "more than once" in twice.json()["detail"], twice.text
+    nothing = dave.post("/", follow_redirects=False)  # no body at all reads as a form of no fields
+    assert nothing.status_code == 302 and nothing.headers["x-message"] == "Failed to generate the image"
     for i in range(USER_LIMIT - 1):
         assert create(dave, f"fill {i}").status_code == 200
     full = dave.post("/", files={"image": ("a.png", photos.read("chelsea"))}, data={"name": "over"},
