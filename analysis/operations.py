@@ -123,6 +123,8 @@ def parse_task(raw) -> Task:
         clean["collection_id"] = str(collection).strip()
     if kind == "describe_image":
         length = params.get("max_length", 50)
+        if isinstance(length, float) and length.is_integer():  # JSON Schema's integer takes 30.0
+            length = int(length)
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_CAPTION_LENGTH:
             raise TaskError(f"max_length must be an integer from 1 to {MAX_CAPTION_LENGTH}")
         clean["max_length"] = length

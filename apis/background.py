@@ -37,7 +37,8 @@ from fastapi.responses import JSONResponse, Response
 
 from apis.base import ImageAPI, ServerFault, error_response
 from apis.handoff import Blob, ReadBlob
-from apis.request_body import _SCHEME, Upload, as_http_error, image_bytes, load_json, read_fields, shown, yes_no
+from apis.request_body import (_SCHEME, Upload, as_http_error, image_bytes, integer_value, load_json, read_fields,
+                               shown, yes_no)
 from errors import InputError
 from store.base import GALLERY_NAME_MAX, GalleryFull, StoreError
 
@@ -95,14 +96,9 @@ def _number(fields: dict, name: str, default: int, low: int, high: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # JSON Schema's integer takes 86.0
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    number = integer_value(value)
+    if number is None:
         raise InputError(422, f"{name} must be an integer from {low} to {high}, not {shown(value)}")
-    try:
-        number = int(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        raise InputError(422, f"{name} must be an integer from {low} to {high}, not {shown(value)}") from None
     if not low <= number <= high:
         raise InputError(422, f"{name} must be an integer from {low} to {high}, not {number}")
     return number
@@ -118,14 +114,7 @@ def _bgcolor(value, name: str) -> tuple[int, int, int, int] | None:
         parts = value
     else:
         parts = None
-    try:
-        # ASCII digits only: int() also takes "+5", "1_0" and other scripts' digits
-        # and a JSON 248.0 is the integer 248, as JSON Schema (and the document) says
-        channels = [p if isinstance(p, int) and not isinstance(p, bool) else
-                    int(p) if isinstance(p, float) and p.is_integer() else
-                    int(p) if isinstance(p, str) and p.isascii() and p.isdigit() else None for p in parts or ()]
-    except ValueError:
-        channels = [None]
+    channels = [integer_value(p) for p in parts or ()]
     if len(channels) not in (3, 4) or any(c is None or not 0 <= c <= 255 for c in channels):
         raise InputError(422, f"{name} must be an RGBA colour such as \"255,255,255,255\" (3 or 4 integers "
                               f"0-255), not {shown(value)}")

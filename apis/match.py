@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from apis.handoff import Blob
-from apis.request_body import image_bytes, load_json, shown, yes_no
+from apis.request_body import image_bytes, integer_value, load_json, shown, yes_no
 from errors import InputError
 
 # path -> the envelope's "method"; every near-duplicate path answers errors in the envelope too
@@ -34,7 +34,6 @@ LIST_LIMIT_MAX = 1000
 MAX_OFFSET = 2**62  # beyond any index, inside SQLite's 64-bit integers
 # a character outside JSON Schema's (ECMAScript's) \s: the document's `\S` pattern, so both agree on blank
 _NOT_BLANK = re.compile("[^\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]")
-_INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 def envelope(method: str, result: list, status: int = 200, errors: list | None = None, headers=None) -> JSONResponse:
@@ -106,17 +105,10 @@ def integer(fields: dict, name: str, default: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    if isinstance(value, float) and value.is_integer() and abs(value) < 10**20:  # JSON Schema's integer takes 75.0
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InputError(400, f"field '{name}' must be an integer, not {shown(value)}")
-    if isinstance(value, int):  # the same bound as form text's 20 digits
-        if abs(value) >= 10**20:
-            raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")
-        return value
-    if not _INTEGER.match(value):
+    number = integer_value(value, signed=True)
+    if number is None or abs(number) >= 10**20:  # a JSON integer gets form text's bound of 20 digits
         raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")
-    return int(value)
+    return number
 
 
 def filepath_field(fields: dict) -> str:

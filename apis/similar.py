@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from apis.handoff import Blob
-from apis.request_body import Upload, image_bytes, shown
+from apis.request_body import Upload, image_bytes, integer_value, shown
 from errors import InputError
 
 SIMILAR_PATHS = ("/find_similar/", "/find_similar")
@@ -43,11 +43,7 @@ def _limit(value) -> int:
     """An integer (JSON) or its ASCII digits (form text), from 1 to MAX_LIMIT."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_LIMIT
-    limit = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        limit = value
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 20:
-        limit = int(value.strip())  # int() itself does not strip every kind of space
+    limit = integer_value(value)
     if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InputError(422, f"limit must be an integer from 1 to {MAX_LIMIT}, not {shown(value)}")
     return limit

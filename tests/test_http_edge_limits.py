@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from apis.edge import RequestIdMiddleware, UnforeseenErrorMiddleware
-from apis.request_body import MAX_FIELDS, MAX_NUMBER_LENGTH, load_json
+from apis.request_body import MAX_FIELDS, MAX_NUMBER_LENGTH, integer_value, load_json
 from apis.similar import _limit
 from errors import InputError
 from tests import photos
@@ -61,7 +61,8 @@ def test_load_json_takes_ordinary_json_up_to_the_limits():
     assert value["t"] == "café \U0001F600"  # a surrogate pair is one character, not a lone surrogate
 
 
-@pytest.mark.parametrize("value", [{"a": 1}, [3], True, 2.0, "\u00b2", "9" * 5000, "0", "101", " 7x"])
+@pytest.mark.parametrize("value", [{"a": 1}, [3], True, 2.5, 0.0, "\u00b2", "9" * 5000, "0", "101", " 7x", "+7",
+                                   "1_0", "2.0"])
 def test_find_similar_limit_takes_integers_from_1_to_100_alone(value):
     with pytest.raises(InputError) as caught:
         _limit(value)
@@ -69,8 +70,20 @@ def test_find_similar_limit_takes_integers_from_1_to_100_alone(value):
     assert len(caught.value.detail) < 200
 
 
+@pytest.mark.parametrize("value, signed, expected", [
+    (7, False, 7), (62.0, False, 62), (-3.0, True, -3), (" 42\u3000", False, 42), ("+5", True, 5), ("-5", True, -5),
+    ("9" * 20, False, int("9" * 20)),
+    ("+5", False, None), ("-5", False, None), ("1_0", False, None), ("\u0663", False, None), ("\u00b2", True, None),
+    ("9" * 21, False, None), (2.5, False, None), (1e20, False, None), (True, False, None), ("", False, None),
+    (None, False, None), ([1], False, None), ({"a": 1}, False, None), ("0x10", False, None), ("4 2", False, None),
+])
+def test_integer_value_reads_json_integers_integral_numbers_and_ascii_digit_text_only(value, signed, expected):
+    assert integer_value(value, signed=signed) == expected
+
+
 def test_find_similar_limit_reads_json_integers_and_form_digits():
-    assert [_limit(v) for v in (None, "", 3, "42", " 100 ")] == [5, 5, 3, 42, 100]
+    # a JSON 62.0 is an integer to JSON Schema, so to the document and to the server
+    assert [_limit(v) for v in (None, "", 3, "42", " 100 ", 62.0)] == [5, 5, 3, 42, 100, 62]
 
 
 # ---------------------------------------------------------------- request ids and the catch-all, on a tiny app
