@@ -96,7 +96,7 @@ def _number(fields: dict, name: str, default: int, low: int, high: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    number = integer_value(value)
+    number = integer_value(value, signs="+")
     if number is None:
         raise InputError(422, f"{name} must be an integer from {low} to {high}, not {shown(value)}")
     if not low <= number <= high:

@@ -105,7 +105,7 @@ def integer(fields: dict, name: str, default: int) -> int:
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    number = integer_value(value, signed=True)
+    number = integer_value(value, signs="+-")
     if number is None or abs(number) >= 10**20:  # a JSON integer gets form text's bound of 20 digits
         raise InputError(400, f"field '{name}' must be an integer of at most 20 digits, not {shown(value)}")
     return number

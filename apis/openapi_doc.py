@@ -76,8 +76,8 @@ YES_NO = {"anyOf": [BOOL, {"enum": [0, 1]}, {"type": "string", "pattern": words(
           "description": f"true or false: a JSON boolean, or one of {', '.join(TRUE_WORDS + FALSE_WORDS)} (any case)"}
 BLANK = {"type": "string", "pattern": f"^[{_SPACE}]*$"}
 BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII digits
-# 1-100 in at most 20 ASCII digits, spaces around, or only spaces (the default)
-LIMIT_TEXT = f"^[{_SPACE}]*(0{{0,19}}[1-9]|0{{0,18}}[1-9][0-9]|0{{0,17}}100)?[{_SPACE}]*$"
+# 1-100 in ASCII digits (leading zeros too), spaces around, or only spaces (the default)
+LIMIT_TEXT = f"^[{_SPACE}]*(0*([1-9]|[1-9][0-9]|100))?[{_SPACE}]*$"
 # a form field is one text value: a list would be sent as the field repeated (refused, 422), and so would an
 # object in a urlencoded form (its keys); a multipart part holding an object holds its JSON text, ignored
 FORM_VALUE = {"type": ["string", "number", "integer", "boolean", "null"]}

@@ -144,22 +144,23 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-_DIGITS = re.compile(r"^[0-9]{1,20}$")
-_SIGNED_DIGITS = re.compile(r"^[+-]?[0-9]{1,20}$")
+_INTEGER_TEXT = re.compile(r"^([+-]?)0*([0-9]{1,20})$")
 
 
-def integer_value(value, signed: bool = False) -> int | None:
+def integer_value(value, signs: str = "") -> int | None:
     """A field as an integer, or None: a JSON integer, a JSON number without a fraction (JSON Schema's integer
-    takes 62.0, so the document does too), or form text of at most 20 ASCII digits (int() alone would also take
-    "1_0" and other scripts' digits), a sign only when `signed`, spaces around."""
+    takes 62.0, so the document does too), or form text of ASCII digits (int() alone would also take "1_0" and
+    other scripts' digits) with spaces around, leading zeros, at most 20 digits after them, and a sign only
+    among `signs` (rembg's options take "+5", as int() does there)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) < 10**20 else None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and (_SIGNED_DIGITS if signed else _DIGITS).match(value.strip()):
-        return int(value.strip())
+    match = _INTEGER_TEXT.match(value.strip()) if isinstance(value, str) else None
+    if match and (not match[1] or match[1] in signs):
+        return int(match[1] + match[2])
     return None
 
 
