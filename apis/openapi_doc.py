@@ -75,7 +75,21 @@ def words(choices, any_case: bool = False, blank: bool = False) -> str:
 YES_NO = {"anyOf": [BOOL, {"enum": [0, 1]}, {"type": "string", "pattern": words(TRUE_WORDS + FALSE_WORDS, any_case=True)}],
           "description": f"true or false: a JSON boolean, or one of {', '.join(TRUE_WORDS + FALSE_WORDS)} (any case)"}
 BLANK = {"type": "string", "pattern": f"^[{_SPACE}]*$"}
-BYTE_TEXT = "0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in ASCII digits
+def digits_up_to(high: int) -> str:
+    """A regex for 0..high in ASCII digits, leading zeros allowed (as the server's integer_value reads them)."""
+    top, alternatives = str(high), [str(high)]
+    for i, digit in enumerate(map(int, top)):  # as long as `top`: its first i digits, then a smaller one, then any
+        low = 1 if i == 0 and len(top) > 1 else 0
+        if digit > low:
+            smaller = str(low) if digit - 1 == low else f"[{low}-{digit - 1}]"
+            rest = len(top) - i - 1
+            alternatives.append(top[:i] + smaller + (f"[0-9]{{{rest}}}" if rest > 1 else "[0-9]" if rest else ""))
+    alternatives += [f"[1-9][0-9]{{{n - 1}}}" if n > 2 else "[1-9][0-9]" for n in range(2, len(top))]
+    alternatives += ["[0-9]"] if len(top) > 1 else []
+    return f"0*({'|'.join(alternatives)})"
+
+
+BYTE_TEXT = digits_up_to(255)
 # 1-100 in ASCII digits (leading zeros too), spaces around, or only spaces (the default)
 LIMIT_TEXT = f"^[{_SPACE}]*(0*([1-9]|[1-9][0-9]|100))?[{_SPACE}]*$"
 # a form field is one text value: a list would be sent as the field repeated (refused, 422), and so would an
@@ -322,7 +336,7 @@ def _search(settings, auth) -> dict:
 
 def _background(settings, auth) -> dict:
     def number(high: int, default: int) -> dict:  # an integer, or its digits as text (int() reads them)
-        digits = BYTE_TEXT if high == 255 else "[0-9]+"
+        digits = digits_up_to(high)
         return {"anyOf": [{"type": "integer", "minimum": 0, "maximum": high},
                           {"type": "string", "pattern": words([f"\\+?{digits}"], blank=True)}],
                 "description": f"0-{high}, default {default}"}

@@ -11,6 +11,7 @@ from fastapi.routing import Mount
 from fastapi.testclient import TestClient
 
 from apis.analyze_routes import ALIASES
+from apis.openapi_doc import digits_up_to
 from settings import load_settings
 
 CONFIGURATIONS = ["stats", "analyze,embed", "search", "background", "stats,analyze,embed,search,background"]
@@ -121,3 +122,13 @@ def test_docs_and_redoc_load_only_this_servers_assets(client):
             assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
         assert "/openapi.json" in response.text
 
+
+
+@pytest.mark.parametrize("high", [0, 9, 10, 40, 99, 100, 199, 255, 1000, 4096])
+def test_digit_patterns_take_exactly_0_to_their_bound_with_leading_zeros(high):
+    """A form field's text pattern and the server's range check agree (rembg's ae is 0-40, not any digits)."""
+    pattern = re.compile(f"^{digits_up_to(high)}$")
+    for n in range(0, high + 200):
+        for text in (str(n), f"000{n}"):
+            assert bool(pattern.match(text)) == (n <= high), text
+    assert not pattern.match("") and not pattern.match("-1") and not pattern.match("1_0")
